@@ -1,0 +1,157 @@
+"""Captioned Moving MNIST (after Sync-DRAW, Mittal et al. 2017).
+
+Each video shows one or two 28x28 MNIST digits bouncing off the walls of a
+64x64 frame, each along one axis, with a caption in a fixed grammar:
+
+    digit 3 is moving up and down
+    digit 3 is moving up and down and digit 7 is moving left and right
+
+Video i of a split with a given seed is always the same video: its recipe
+(which digits, where, how fast) is drawn from a generator seeded by
+(seed, split, i), so nothing is stored and any frame count can be rendered.
+Train and validation draw from disjoint digit images: the first 80% of the
+MNIST file (test-set indices 0-7999) and the last 20% (8000-9999).
+
+    python data/moving_mnist.py    # writes moving_mnist.gif, prints videos/s
+"""
+import gzip
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+MNIST_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist")
+AXES = ("up and down", "left and right")  # axis 0 moves the row (y), axis 1 the column (x)
+SPLITS = ("train", "val")
+DIGIT = 28
+
+
+def read_idx(path):
+    """Read an IDX file (the MNIST format), gzipped or not, into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"cannot read IDX file {path}: {e}") from e
+    # header: two zero bytes, a type code (0x08 = uint8), the number of dims, then each dim as big-endian int32
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not a uint8 IDX file (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but the file holds {body.size} values")
+    return body.reshape(shape)
+
+
+def load_mnist(images=None, labels=None):
+    """MNIST digits (N, 28, 28) uint8 and labels (N,). Defaults to the test set shipped in data/mnist/."""
+    images = images or os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")
+    labels = labels or os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or x.shape[1:] != (DIGIT, DIGIT) or y.shape != (len(x),):
+        raise ValueError(f"expected images (N, 28, 28) and labels (N,), got {x.shape} from {images} and {y.shape} from {labels}")
+    return x, y
+
+
+@dataclass
+class Sprite:
+    """One digit of a video: which MNIST image, its label, its axis and its path."""
+    image: int         # index into the MNIST file
+    label: int
+    axis: int          # 0: up and down, 1: left and right
+    row: np.ndarray    # (T,) top-left corner per frame
+    col: np.ndarray    # (T,)
+
+
+def bounce(start, velocity, num_frames, limit):
+    """Positions of a point moving at constant speed in [0, limit] and reflecting off both ends."""
+    p = start + velocity * np.arange(num_frames)   # unfolded straight-line path
+    p = np.mod(p, 2 * limit)                       # fold it into one period of the triangle wave
+    return np.where(p > limit, 2 * limit - p, p)
+
+
+def caption(sprites):
+    return " and ".join(f"digit {s.label} is moving {AXES[s.axis]}" for s in sprites)
+
+
+class MovingMNIST(Dataset):
+    """Returns (video float [1, T, size, size] in [-1, 1], caption str)."""
+
+    def __init__(self, split="train", num_frames=17, length=10000, seed=0, size=64,
+                 max_digits=2, p_two=0.5, speed=(2, 5), images=None, labels=None):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if num_frames < 1 or size < DIGIT or max_digits not in (1, 2):
+            raise ValueError(f"need num_frames >= 1, size >= {DIGIT} and max_digits 1 or 2; "
+                             f"got num_frames={num_frames}, size={size}, max_digits={max_digits}")
+        self.split, self.num_frames, self.length, self.seed, self.size = split, num_frames, length, seed, size
+        self.max_digits, self.p_two, self.speed = max_digits, p_two, speed
+        self.digits, self.labels = load_mnist(images, labels)
+        cut = int(0.8 * len(self.digits))  # train/val digit images never overlap
+        self.pool = np.arange(0, cut) if split == "train" else np.arange(cut, len(self.digits))
+
+    def __len__(self):
+        return self.length
+
+    def recipe(self, i):
+        """The sprites of video i: everything random about it, drawn from its own seeded generator."""
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), i])
+        n = 2 if self.max_digits == 2 and rng.random() < self.p_two else 1
+        limit = self.size - DIGIT  # the top-left corner stays in [0, limit]
+        sprites = []
+        for _ in range(n):
+            image = int(rng.choice(self.pool))
+            axis = int(rng.integers(2))
+            fixed, start = rng.integers(0, limit + 1, size=2)
+            velocity = rng.integers(self.speed[0], self.speed[1] + 1) * rng.choice([-1, 1])
+            moving = bounce(start, velocity, self.num_frames, limit)
+            still = np.full(self.num_frames, fixed)
+            row, col = (moving, still) if axis == 0 else (still, moving)
+            sprites.append(Sprite(image, int(self.labels[image]), axis, row, col))
+        return sprites
+
+    def render(self, sprites):
+        """uint8 frames (T, size, size); overlapping digits combine by maximum."""
+        video = np.zeros((self.num_frames, self.size, self.size), dtype=np.uint8)
+        for s in sprites:
+            digit = self.digits[s.image]
+            for t, (r, c) in enumerate(zip(s.row, s.col)):
+                window = video[t, r:r + DIGIT, c:c + DIGIT]
+                np.maximum(window, digit, out=window)
+        return video
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.length:
+            raise IndexError(f"video {i} out of range for a dataset of {self.length}")
+        sprites = self.recipe(i)
+        video = torch.from_numpy(self.render(sprites)).float().div_(127.5).sub_(1.0)
+        return video.unsqueeze(0), caption(sprites)  # (1, T, H, W), str
+
+
+def save_gif(path, video, fps=8):
+    """Write a video float [C, T, H, W] in [-1, 1] (C = 1 or 3) as a looping GIF."""
+    frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, C)
+    from PIL import Image
+    mode = "L" if frames.shape[-1] == 1 else "RGB"
+    images = [Image.fromarray(f.squeeze(-1) if mode == "L" else f, mode) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+if __name__ == "__main__":
+    import time
+    ds = MovingMNIST("train", num_frames=17)
+    start, n = time.perf_counter(), 2000
+    for i in range(n):
+        ds[i]
+    rate = n / (time.perf_counter() - start)
+    print(f"{rate:.0f} videos/s (17 frames, 64x64, one process)")
+    row = torch.cat([ds[i][0] for i in range(4)], dim=-1)  # four videos side by side
+    save_gif("moving_mnist.gif", row)
+    for i in range(4):
+        print(ds[i][1])
+    print("wrote moving_mnist.gif")
