@@ -1,0 +1,399 @@
+"""Text encoder + expert transformer: the denoiser of CogVideoX (Yang et al. 2024), at toy size.
+
+The latent video (B, C, T, H, W) is cut into 2x2 patches (1 or 2 latent frames deep), one token each, and
+the caption is encoded by a small transformer trained from scratch (CogVideoX uses a frozen T5-XXL).
+Both go into one sequence [text; video] that full 3D attention mixes. "Expert" means text and video
+tokens share every weight except the adaLN modulation: each modality gets its own shift/scale/gate from
+the timestep (expert AdaLN). 3D RoPE tells video tokens where they are in (t, h, w); qk-norm keeps the
+attention logits bounded.
+
+For later files: `attention="factorized"` (spatial then temporal attention, the design CogVideoX argues
+against), `history=` and `causal=True` for Pyramid Flow's autoregressive temporal pyramid (05), and
+activation checkpointing.
+
+    python 02_dit.py    # overfits 8 captioned random latents with a flow-matching loss, prints the loss
+                        # curve, samples them back from their captions -> runs/demo/dit_samples.png
+"""
+import math
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image
+from torch.utils.checkpoint import checkpoint
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def timestep_embedding(t, dim=256, max_period=10000):
+    """Sinusoidal features of t (B,) on the 0..1000 scale, as for Transformer positions -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]                                 # (B, dim/2)
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def mlp(dim, ratio):
+    return nn.Sequential(nn.Linear(dim, ratio * dim), nn.GELU(approximate="tanh"), nn.Linear(ratio * dim, dim))
+
+
+def patchify(x, p, pt):
+    """Latents (B, C, T, H, W) -> tokens (B, T/pt * H/p * W/p, C*pt*p*p) in (t, h, w) order."""
+    T, H, W = x.shape[2:]
+    if T % pt or H % p or W % p:
+        raise ValueError(f"latent (T, H, W) = {(T, H, W)} is not divisible by the patch (pt, p, p) = {(pt, p, p)}")
+    return rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=p, pw=p)
+
+
+def unpatchify(tokens, grid, p, pt):
+    """Tokens (B, T'*H'*W', C*pt*p*p) on the token grid (T', H', W') -> latents (B, C, T'*pt, H'*p, W'*p)."""
+    t, h, w = grid
+    return rearrange(tokens, "b (t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)", t=t, h=h, w=w, pt=pt, ph=p, pw=p)
+
+
+class RoPE3D(nn.Module):
+    """3D rotary position embedding (RoFormer, Su et al. 2021) with CogVideoX 5B's split of each head: of its
+    head_dim/2 channel pairs, 1/4 rotate with the frame t, 3/8 with the row h, 3/8 with the column w.
+    Rotating q and k by their own positions makes q.k depend only on the offset between them. Positions
+    are floats, so a coarser frame can be laid onto the current grid (frame_positions)."""
+
+    def __init__(self, head_dim, theta=10000.0):
+        super().__init__()
+        if head_dim % 16:
+            raise ValueError(f"3D RoPE splits head_dim 2:3:3 into even parts, so it must be a multiple of 16, "
+                             f"not {head_dim}")
+        dims = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+        freqs = torch.cat([theta ** (-torch.arange(0, d, 2) / d) for d in dims])      # (head_dim/2,)
+        axis = torch.repeat_interleave(torch.arange(3), torch.tensor(dims) // 2)      # pair -> 0 (t), 1 (h), 2 (w)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.register_buffer("axis", axis, persistent=False)
+
+    def forward(self, pos):
+        """pos (N, 3) float (t, h, w) -> rotation angles (N, head_dim/2)."""
+        return pos[:, self.axis] * self.freqs
+
+
+def apply_rope(x, angles):
+    """Rotate each channel pair (x_2i, x_2i+1) of x (..., N, head_dim) by angles (N, head_dim/2)."""
+    cos, sin = angles.cos(), angles.sin()                                   # (N, head_dim/2)
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)                    # (..., N, head_dim/2)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
+
+
+def frame_positions(t, rows, cols, grid_rows, grid_cols, device=None):
+    """RoPE positions (rows*cols, 3) of one latent frame's tokens at temporal position t. A frame coarser than
+    the current grid is stretched onto it, i -> (i + 0.5) * grid_rows / rows - 0.5 (Pyramid Flow, Flux
+    variant), so each token sits at the centre of the region it covers; on the grid itself i -> i."""
+    h = (torch.arange(rows, device=device) + 0.5) * (grid_rows / rows) - 0.5
+    w = (torch.arange(cols, device=device) + 0.5) * (grid_cols / cols) - 0.5
+    h, w = torch.meshgrid(h, w, indexing="ij")
+    return torch.stack([torch.full_like(h, t), h, w], dim=-1).flatten(0, 1)
+
+
+def block_causal_mask(n_text, frame_tokens, device=None):
+    """Pyramid Flow's block-causal mask (S, S) bool, True where query q may attend key k: iff
+    frame(q) >= frame(k), with the n_text caption tokens as frame 0 and video frame f (frame_tokens[f]
+    tokens) as frame f + 1. So the caption sees only itself and no frame sees a later one."""
+    sizes = torch.tensor([n_text, *frame_tokens], device=device)
+    frame = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)   # (S,)
+    return frame[:, None] >= frame[None, :]
+
+
+def factorized_attention(q, k, v, attn_mask, n_text, frames, axis):
+    """Attention within groups of video tokens instead of over the whole sequence: axis="space" groups them
+    by frame, axis="time" by (h, w) position. A video query attends to the caption and its own group; a
+    caption query attends to the caption only, so the caption is updated once, not once per group.
+    q, k, v: (B, heads, S, head_dim), n_text text tokens then video in (t, h, w) order; attn_mask
+    (B, 1, 1, S) hides padded text keys. G groups of n tokens cost G * n^2 scores instead of S^2."""
+    B, n = q.shape[0], (q.shape[2] - n_text) // frames                      # n tokens per frame
+    G = frames if axis == "space" else n                                    # number of groups
+
+    def group(z):  # video part (B, heads, frames*n, head_dim) -> (B*G, heads, group size, head_dim)
+        z = z[:, :, n_text:].unflatten(2, (frames, n))                      # (B, heads, frames, n, head_dim)
+        return z.movedim(2 if axis == "space" else 3, 1).flatten(0, 1)
+
+    text_keep = attn_mask[..., :n_text]                                     # (B, 1, 1, L)
+    text = F.scaled_dot_product_attention(q[:, :, :n_text], k[:, :, :n_text], v[:, :, :n_text], attn_mask=text_keep)
+    k_g = torch.cat([k[:, :, :n_text].repeat_interleave(G, 0), group(k)], dim=2)  # (B*G, heads, L + group, hd)
+    v_g = torch.cat([v[:, :, :n_text].repeat_interleave(G, 0), group(v)], dim=2)
+    keep = F.pad(text_keep, (0, k_g.shape[2] - n_text), value=True).repeat_interleave(G, 0)  # (B*G, 1, 1, L + group)
+    video = F.scaled_dot_product_attention(group(q), k_g, v_g, attn_mask=keep)  # (B*G, heads, group size, hd)
+    video = video.unflatten(0, (B, G)).movedim(1, 2 if axis == "space" else 3)  # (B, heads, frames, n, hd)
+    return torch.cat([text, video.flatten(2, 3)], dim=2)                    # (B, heads, S, head_dim)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with qk-norm: LayerNorm over head_dim on queries and keys (CogVideoX), which
+    bounds the logits q.k / sqrt(head_dim) and keeps low-precision training stable. axis="full" attends over
+    the whole sequence; "space" or "time" is factorized (see factorized_attention)."""
+
+    def __init__(self, dim, heads, axis="full"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.axis = heads, axis
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.LayerNorm(dim // heads, eps=1e-6)
+        self.k_norm = nn.LayerNorm(dim // heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, attn_mask=None, rope=None, n_text=0, frames=1):
+        """x (B, S, D); attn_mask bool (B, 1, S or 1, S), True = may attend; rope angles (S, head_dim/2).
+        Factorized attention also needs n_text (the caption comes first) and the number of video frames."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, S, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if self.axis == "full":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)   # (B, heads, S, head_dim)
+        else:
+            out = factorized_attention(q, k, v, attn_mask, n_text, frames, self.axis)
+        return self.proj(out.transpose(1, 2).flatten(2))                    # (B, S, D)
+
+
+class ExpertBlock(nn.Module):
+    """CogVideoX's expert transformer block over the sequence [text; video]. The two modalities share the
+    norms, QKV, attention and MLP; only the adaLN modulation is per expert: one Linear(SiLU(emb)) gives
+    12 D-vectors, shift/scale/gate for attention and for the MLP, once for text and once for video tokens,
+    whose feature statistics differ. Each update is x += gate * f(modulate(LN(x), shift, scale))."""
+
+    def __init__(self, dim, heads, mlp_ratio=4, axis="full"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, axis)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = mlp(dim, mlp_ratio)
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 12 * dim))
+        # adaLN-Zero (DiT): all gates start at 0, so the block starts as the identity
+        nn.init.zeros_(self.adaLN[1].weight)
+        nn.init.zeros_(self.adaLN[1].bias)
+
+    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1):
+        """text (B, L, D), video (B, N, D), emb (B, D) timestep embedding -> updated (text, video).
+        rope, attn_mask and frames are for the joint sequence [text; video] (see Attention)."""
+        text_mod, video_mod = self.adaLN(emb)[:, None].chunk(2, dim=-1)      # (B, 1, 6D) each
+        txt_shift_a, txt_scale_a, txt_gate_a, txt_shift_m, txt_scale_m, txt_gate_m = text_mod.chunk(6, dim=-1)
+        vid_shift_a, vid_scale_a, vid_gate_a, vid_shift_m, vid_scale_m, vid_gate_m = video_mod.chunk(6, dim=-1)
+        L = text.shape[1]
+        h = torch.cat([modulate(self.norm1(text), txt_shift_a, txt_scale_a),
+                       modulate(self.norm1(video), vid_shift_a, vid_scale_a)], dim=1)   # (B, L + N, D)
+        h = self.attn(h, attn_mask, rope, L, frames)
+        text, video = text + txt_gate_a * h[:, :L], video + vid_gate_a * h[:, L:]
+        text = text + txt_gate_m * self.mlp(modulate(self.norm2(text), txt_shift_m, txt_scale_m))
+        video = video + vid_gate_m * self.mlp(modulate(self.norm2(video), vid_shift_m, vid_scale_m))
+        return text, video
+
+
+class TextLayer(nn.Module):
+    """Pre-LN transformer layer (GPT-2): x += Attn(LN(x)); x += MLP(LN(x))."""
+
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim), mlp(dim, mlp_ratio)
+
+    def forward(self, x, attn_mask):
+        x = x + self.attn(self.norm1(x), attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class TextEncoder(nn.Module):
+    """Caption encoder trained jointly with the DiT from scratch, in place of CogVideoX's frozen T5-XXL: token
+    embedding + learned positions + pre-LN layers. Padded tokens are never attended to, so they cannot
+    change the output at any real token."""
+
+    def __init__(self, vocab_size, dim, depth, heads, max_len):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.zeros(max_len, dim))
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+        self.layers = nn.ModuleList(TextLayer(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids, mask):
+        """ids (B, L) long, mask (B, L) bool True on real tokens -> (B, L, dim)."""
+        if ids.dim() != 2 or ids.shape != mask.shape or ids.shape[1] > len(self.pos):
+            raise ValueError(f"ids and mask must both be (B, L <= {len(self.pos)}), "
+                             f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
+        if not mask.any(dim=1).all():
+            raise ValueError("a caption mask is all False, so its queries have nothing to attend to; "
+                             "the null caption is all PAD with mask True at position 0")
+        x = self.tok(ids) + self.pos[:ids.shape[1]]                         # (B, L, dim)
+        keep = mask[:, None, None, :]                                       # (B, 1, 1, L): keys that may be attended
+        for layer in self.layers:
+            x = layer(x, keep)
+        return self.norm(x)
+
+
+class DiT(nn.Module):
+    """Latent video denoiser: pred = model(x_t, t, ids, mask) with pred of x_t's shape (the objective, 03-05,
+    decides what pred means: v, velocity or noise). attention="full" is CogVideoX's 3D attention over
+    [text; video]; "factorized" alternates spatial and temporal blocks (see factorized_attention)."""
+
+    def __init__(self, in_channels, dim, depth, heads, vocab_size, max_text_len, text_depth, patch=2, patch_t=1,
+                 attention="full", mlp_ratio=4, checkpointing=False):
+        super().__init__()
+        if attention not in ("full", "factorized"):
+            raise ValueError(f"attention must be 'full' or 'factorized', got {attention!r}")
+        self.in_channels, self.patch, self.patch_t = in_channels, patch, patch_t
+        self.attention, self.checkpointing = attention, checkpointing
+        patch_dim = in_channels * patch_t * patch * patch
+        self.text_encoder = TextEncoder(vocab_size, dim, text_depth, heads, max_text_len)
+        self.x_embed = nn.Linear(patch_dim, dim)
+        self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.rope = RoPE3D(dim // heads)
+        # factorized: spatial and temporal blocks alternate (Latte), each with exactly a full block's weights,
+        # so the ablation changes only who attends to whom
+        axes = ["full"] * depth if attention == "full" else [("space", "time")[i % 2] for i in range(depth)]
+        self.blocks = nn.ModuleList(ExpertBlock(dim, heads, mlp_ratio, axis) for axis in axes)
+        self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.final_linear = nn.Linear(dim, patch_dim)
+        # adaLN-Zero (DiT): the prediction starts at exactly 0, and every block as the identity
+        for layer in (self.final_adaLN[1], self.final_linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x, t, ids, mask, history=None, causal=False):
+        """x (B, C, T, H, W) latents; t (B,) timesteps on 0..1000; ids, mask (B, L) the caption.
+        history: past latent frames, oldest first, each (B, C, 1, h_j, w_j) with h_j <= H, w_j <= W, put in the
+        sequence [text; history; x] (Pyramid Flow's temporal pyramid); it implies causal=True, the
+        block-causal mask by latent frame. Returns x's shape: the prediction at x's tokens only."""
+        history = list(history or [])
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be latents (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
+        B, C, T, H, W = x.shape
+        if t.shape != (B,):
+            raise ValueError(f"t must hold one timestep per sample, shape ({B},), got {tuple(t.shape)}")
+        for j, h in enumerate(history):
+            if h.dim() != 5 or h.shape[:3] != (B, C, 1) or h.shape[3] > H or h.shape[4] > W:
+                raise ValueError(f"history[{j}] must be one latent frame (B={B}, C={C}, 1, h<={H}, w<={W}), "
+                                 f"got {tuple(h.shape)}")
+        if history and self.patch_t != 1:
+            raise ValueError(f"history frames are single latent frames, so they need patch_t=1, not {self.patch_t}")
+        causal = causal or bool(history)
+        if causal and self.attention != "full":
+            raise ValueError("history and causal=True need attention='full' "
+                             "(factorized attention is for the CogVideoX ablation)")
+
+        p, pt = self.patch, self.patch_t
+        tokens = [patchify(h, p, 1) for h in history] + [patchify(x, p, pt)]  # (B, n_j, C*pt*p*p) each
+        frames, rows, cols = T // pt, H // p, W // p
+        # token grid of every frame in time order; frame j sits at RoPE time j, stretched onto x's grid
+        grids = [(h.shape[3] // p, h.shape[4] // p) for h in history] + [(rows, cols)] * frames
+        pos = torch.cat([frame_positions(j, h, w, rows, cols, x.device) for j, (h, w) in enumerate(grids)])  # (N, 3)
+
+        text = self.text_encoder(ids, mask)                                 # (B, L, D)
+        video = self.x_embed(torch.cat(tokens, dim=1))                      # (B, N, D), history then x
+        emb = self.t_embed(timestep_embedding(t))                           # (B, D)
+        rope = F.pad(self.rope(pos), (0, 0, text.shape[1], 0))              # (S, head_dim/2): text angle 0, unrotated
+        attn_mask = F.pad(mask, (0, video.shape[1]), value=True)[:, None, None, :]  # (B, 1, 1, S): padded text hidden
+        if causal:
+            frame_tokens = [h * w for h, w in grids]
+            attn_mask = attn_mask & block_causal_mask(text.shape[1], frame_tokens, x.device)  # (B, 1, S, S)
+        for block in self.blocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                # keep only each block's inputs; recompute its activations in backward (memory for compute)
+                text, video = checkpoint(block, text, video, emb, rope, attn_mask, frames, use_reentrant=False)
+            else:
+                text, video = block(text, video, emb, rope, attn_mask, frames)
+
+        shift, scale = self.final_adaLN(emb)[:, None].chunk(2, dim=-1)      # (B, 1, D) each
+        out = self.final_linear(modulate(self.final_norm(video[:, -frames * rows * cols:]), shift, scale))
+        return unpatchify(out, (frames, rows, cols), p, pt)                 # (B, C, T, H, W)
+
+
+def dit_flops(dim, depth, text_depth, n_text, n_video, patch_dim, mlp_ratio=4):
+    """Matmul FLOPs (multiply-add = 2) of one forward pass per sample, full attention. Per layer over S tokens:
+    QKV + out-projection + MLP 2 * (4 + 2 r) * S * D^2, scores q.k and the weighted sum of v 4 * S^2 * D;
+    each block's adaLN 2 * D * 12 D; plus patch embedding, final layer and timestep MLP."""
+    S, D, r = n_text + n_video, dim, mlp_ratio
+    block = 2 * (4 + 2 * r) * S * D * D + 4 * S * S * D + 2 * D * 12 * D
+    text = 2 * (4 + 2 * r) * n_text * D * D + 4 * n_text * n_text * D
+    rest = 2 * 2 * n_video * patch_dim * D + 2 * D * 2 * D + 2 * 256 * D + 2 * D * D
+    return depth * block + text_depth * text + rest
+
+
+def measure_speed(batch=64, steps=3, device="cpu"):
+    """Parameters, forward+backward seconds per step (fp32, bf16 autocast) and achieved GFLOP/s at the
+    provisional tiny size (latents 16 x 5 x 8 x 8, 16 text tokens, dim 256, depth 8, 4 heads), beside the
+    matmul peak (a 4096 x 2048 x 2048 matmul) measured in the same run. Backward costs ~2 forwards."""
+    def best_time(fn, reps):
+        best = math.inf
+        for _ in range(reps):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def step(amp):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            loss = model(x, t, ids, mask).float().square().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model = DiT(16, 256, 8, 4, vocab_size=128, max_text_len=16, text_depth=2).to(device)
+    x, t = torch.randn(batch, 16, 5, 8, 8, device=device), 1000 * torch.rand(batch, device=device)
+    ids = torch.randint(2, 128, (batch, 16), device=device)
+    mask = torch.ones(batch, 16, dtype=torch.bool, device=device)
+    flops = 3 * batch * dit_flops(dim=256, depth=8, text_depth=2, n_text=16, n_video=80, patch_dim=64)
+    result = {"params": sum(p.numel() for p in model.parameters()), "gflop_per_step": flops / 1e9}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(4096, 2048, dtype=dtype, device=device), torch.randn(2048, 2048, dtype=dtype, device=device)
+        result[f"{name}_matmul_peak_gflops"] = 2 * 4096 * 2048 * 2048 / best_time(lambda: a @ b, 4) / 1e9
+        step(dtype == torch.bfloat16)  # warm-up
+        result[f"{name}_step_s"] = best_time(lambda: step(dtype == torch.bfloat16), steps)
+        result[f"{name}_gflops"] = flops / result[f"{name}_step_s"] / 1e9
+    return result
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    # 8 random "latents" (01's VAE makes real ones), each with its own random caption of 2..8 tokens
+    n, C, T, H, W, L = 8, 4, 3, 8, 8, 8
+    x0 = torch.randn(n, C, T, H, W)
+    mask = torch.arange(L)[None] < torch.randint(2, L + 1, (n, 1))          # (n, L)
+    ids = torch.randint(2, 32, (n, L)) * mask                               # PAD (0) after each caption
+    model = DiT(C, dim=128, depth=4, heads=4, vocab_size=32, max_text_len=L, text_depth=1)
+    print(f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # flow matching (04): x_s = (1 - s) x0 + s eps, regress the velocity eps - x0 at t = 1000 s
+    start = time.time()
+    for step in range(401):
+        s = torch.rand(n)
+        eps = torch.randn_like(x0)
+        x_s = (1 - s[:, None, None, None, None]) * x0 + s[:, None, None, None, None] * eps
+        loss = F.mse_loss(model(x_s, 1000 * s, ids, mask), eps - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            print(f"step {step:3d}  loss {loss.item():.4f}  ({time.time() - start:.0f}s)")
+
+    # Euler from noise (s = 1) to data (s = 0): caption i should bring back latent i
+    model.eval()
+    with torch.no_grad():
+        z = torch.randn_like(x0)
+        for k in range(20, 0, -1):
+            z = z - model(z, torch.full((n,), 1000 * k / 20), ids, mask) / 20
+    dist = torch.cdist(z.flatten(1), x0.flatten(1)) ** 2 / x0[0].numel()   # (sample, latent) mean squared error
+    others = dist[~torch.eye(n, dtype=torch.bool)].mean()
+    print(f"samples closest to their own caption's latent: {(dist.argmin(1) == torch.arange(n)).sum()}/{n}; "
+          f"MSE to own latent {dist.diag().mean():.3f}, to the others {others:.3f}")
+    # channel 0 of frame 0 of each latent, upscaled: targets above, samples below
+    tiles = torch.cat([x0[:, 0, 0], z[:, 0, 0]], dim=1).clamp(-2.5, 2.5)   # (n, 2H, W)
+    grid = ((tiles.permute(1, 0, 2).flatten(1) + 2.5) * 51).byte().numpy()  # (2H, n*W)
+    os.makedirs("runs/demo", exist_ok=True)
+    image = Image.fromarray(grid).resize((grid.shape[1] * 16, grid.shape[0] * 16), Image.NEAREST)
+    image.save("runs/demo/dit_samples.png")
+    print("wrote runs/demo/dit_samples.png")
