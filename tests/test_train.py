@@ -1,0 +1,190 @@
+"""train.py and sample.py end to end on toy shapes: stages, objectives, DDP, resume, errors."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import sample
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = {
+    "dtype": "bf16",
+    "data": {"frames": 5, "size": 32, "max_digits": 1},
+    "vae": {"channels": [16, 32], "patch": 4, "latent_channels": 4, "frames": 5, "batch_size": 2, "steps": 4,
+            "warmup": 1, "ckpt_every": 2, "sample_every": 4, "val_frames": 9},
+    "dit": {"dim": 32, "depth": 2, "heads": 2, "text_depth": 1, "videos": 32, "batch_size": 8, "steps": 6,
+            "warmup": 2, "ckpt_every": 3, "sample_every": 6, "sample_steps": 2,
+            "prompts": ["digit 1 is moving up and down"]},
+}
+
+
+def toy_config(tmp, **sections):
+    """A toy YAML in `tmp` (out_dir = tmp), TOY updated section by section."""
+    cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in TOY.items()}
+    for name, update in sections.items():
+        cfg[name] = {**cfg[name], **update} if isinstance(update, dict) else update
+    cfg["out_dir"] = str(tmp)
+    path = os.path.join(tmp, "toy.yaml")
+    os.makedirs(tmp, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vae_ckpt(tmp_path_factory):
+    """One toy VAE, trained once and shared by the DiT tests."""
+    out = tmp_path_factory.mktemp("vae")
+    train.main(["--config", toy_config(out), "--stage", "vae"])
+    return str(out / "vae.pt")
+
+
+def metrics(out, stage):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["stage"] == stage and "loss" in r]
+
+
+def test_vae_stage_writes_checkpoint_metrics_and_gif(vae_ckpt):
+    out = os.path.dirname(vae_ckpt)
+    ckpt = train.load_checkpoint(vae_ckpt, "vae")
+    assert ckpt["step"] == TOY["vae"]["steps"] and ckpt["config"]["vae"]["channels"] == [16, 32]
+    assert 0 < ckpt["model"]["scaling_factor"].item() < 1e3  # measured at the end
+    losses = [r["loss"] for r in metrics(out, "vae")]
+    assert len(losses) == TOY["vae"]["steps"] and all(math.isfinite(x) for x in losses)  # bf16 autocast steps
+    assert os.path.isfile(os.path.join(out, "samples", "vae_000004.gif"))
+    assert yaml.safe_load(open(os.path.join(out, "config.yaml")))["vae"]["steps"] == 4
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "flow", "pyramid"])
+def test_dit_stage_and_sample_py(objective, vae_ckpt, tmp_path):
+    train.main(["--config", toy_config(tmp_path), "--stage", "dit", f"--dit.vae_ckpt={vae_ckpt}",
+                f"--dit.objective={objective}"])
+    ckpt = train.load_checkpoint(str(tmp_path / "dit.pt"), "dit")
+    assert ckpt["step"] == 6 and ckpt["config"]["dit"]["objective"] == objective
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path, "dit"))
+    assert os.path.isfile(tmp_path / "samples" / "dit_000006.gif")
+
+    out = tmp_path / "gifs"
+    prompt = "digit 1 is moving up and down"
+    argv = ["--ckpt", str(tmp_path / "dit.pt"), "--prompt", prompt, "--n", "2", "--steps", "2", "--out", str(out)]
+    sample.main(argv)
+    assert sorted(os.listdir(out)) == ["contact_sheet.png", "digit_1_is_moving_up_and_down_0.gif",
+                                       "digit_1_is_moving_up_and_down_0.txt", "digit_1_is_moving_up_and_down_1.gif",
+                                       "digit_1_is_moving_up_and_down_1.txt"]
+    assert open(out / "digit_1_is_moving_up_and_down_1.txt").read().strip() == prompt
+    first = open(out / "digit_1_is_moving_up_and_down_0.gif", "rb").read()
+    sample.main(argv)  # same seed, same video
+    assert open(out / "digit_1_is_moving_up_and_down_0.gif", "rb").read() == first
+
+
+def test_sample_py_keeps_repeated_prompts_apart(vae_ckpt, tmp_path):
+    train.main(["--config", toy_config(tmp_path, dit={"steps": 1, "sample_every": 100}), "--stage", "dit",
+                f"--dit.vae_ckpt={vae_ckpt}"])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("digit 1 is moving up and down\ndigit 1 is moving up and down\n")
+    sample.main(["--ckpt", str(tmp_path / "dit.pt"), "--prompts", str(prompts), "--n", "1", "--steps", "1",
+                 "--out", str(tmp_path / "gifs")])
+    assert len([f for f in os.listdir(tmp_path / "gifs") if f.endswith(".gif")]) == 2
+
+
+def test_resume_is_bitwise_identical(vae_ckpt, tmp_path, monkeypatch):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    args = ["--stage", "dit", f"--dit.vae_ckpt={vae_ckpt}"]
+    train.main(["--config", toy_config(straight)] + args)
+
+    save = train.save_checkpoint
+
+    def crash_after_first_dit_checkpoint(path, state):
+        save(path, state)
+        if path.endswith("dit.pt"):
+            raise KeyboardInterrupt("simulated crash after step 3")
+
+    monkeypatch.setattr(train, "save_checkpoint", crash_after_first_dit_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--config", toy_config(broken)] + args)
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    assert train.load_checkpoint(str(broken / "dit.pt"), "dit")["step"] == 3
+    with pytest.raises(SystemExit, match="--resume"):  # never silently overwrite a run
+        train.main(["--config", toy_config(broken)] + args)
+    train.main(["--config", toy_config(broken), "--resume"] + args)
+
+    a, b = (train.load_checkpoint(str(d / "dit.pt"), "dit") for d in (straight, broken))
+    assert b["step"] == 6
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def test_two_process_ddp(vae_ckpt, tmp_path):
+    """torchrun, 2 processes, gloo: same weights on both ranks; explicit uniform sampling splits [0, T)."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "ddp_worker.py"), "--config", toy_config(out), "--stage", "dit",
+           f"--dit.vae_ckpt={vae_ckpt}", "--dit.objective=ddpm", "--dit.grad_accum=2"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    for name, p in ranks[0]["params"].items():
+        assert torch.equal(p, ranks[1]["params"][name]), f"{name} differs between the ranks"
+    assert len(ranks[0]["timesteps"]) == 6 * 2  # 6 steps x 2 micro-batches
+    for t0, t1 in zip(ranks[0]["timesteps"], ranks[1]["timesteps"]):  # rank 0: [0, 500), rank 1: [500, 1000)
+        assert t0.max() < 500 <= t1.min()
+    assert train.load_checkpoint(str(out / "dit.pt"), "dit")["step"] == 6
+
+
+def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
+    config = toy_config(tmp_path, vae={"steps": 100000, "ckpt_every": 1, "sample_every": 100000})
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--config", config, "--stage", "vae"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = tmp_path / "vae.pt"
+    deadline = time.time() + 120
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it checkpoint a few more times, then kill it at a random point
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert train.load_checkpoint(str(path), "vae")["step"] >= 1
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key 'dit.lrr'.*did you mean 'dit.lr'"):
+        train.parse_args(["--dit.lrr=1e-3"])
+    with pytest.raises(ValueError, match="'vae.steps' must be int"):
+        train.parse_args(["--vae.steps=many"])
+    with pytest.raises(ValueError, match="'dit.objective' must be one of"):
+        train.parse_args(["--dit.objective=gan"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vae:\n  chanels: [8, 16]\n")
+    with pytest.raises(ValueError, match=r"'vae.chanels' in .*bad.yaml \(did you mean 'vae.channels'"):
+        train.parse_args(["--config", str(bad)])
+    cfg, _ = train.parse_args(["--config", os.path.join(ROOT, "tiny.yaml"), "--dit.steps=7", "--vae.lr=2e-4"])
+    assert cfg.dit.steps == 7 and cfg.vae.lr == 2e-4 and cfg.data.frames == 17
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(SystemExit, match=r"needs a trained VAE and found none at .*nowhere\.pt"):
+        train.main(["--config", toy_config(tmp_path), "--stage", "dit", f"--dit.vae_ckpt={tmp_path}/nowhere.pt"])
+    corrupt = tmp_path / "dit.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        train.load_checkpoint(str(corrupt), "dit")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        sample.main(["--ckpt", str(corrupt), "--prompt", "digit 1 is moving up and down"])
+
+
+def test_nan_loss_stops_and_names_the_checkpoint(tmp_path):
+    cfg, _ = train.parse_args(["--config", toy_config(tmp_path)])
+    logger = train.Logger(cfg, 0, "dit", 0, 10)
+    with pytest.raises(SystemExit, match="loss is nan at step 5.*no checkpoint was written yet"):
+        train.check_finite(float("nan"), 4, str(tmp_path / "dit.pt"), logger)

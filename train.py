@@ -1,0 +1,733 @@
+"""train.py: one command from pixels to prompts, on one CPU or many GPUs.
+
+    torchrun --standalone --nproc_per_node=1 train.py --config tiny.yaml      # VAE, then DiT
+    torchrun --standalone --nproc_per_node=2 train.py --config tiny.yaml --stage dit
+    python train.py --config tiny.yaml --dit.objective=pyramid --out_dir=runs/pyramid
+    python train.py --config tiny.yaml --resume                               # continue exactly
+
+Stage `vae` trains the causal VAE of 01_vae.py on videos and writes OUT/vae.pt.
+Stage `dit` encodes the videos once with the frozen VAE (cached in OUT/latents.pt),
+trains the BPE tokenizer on the captions, then trains the text encoder and the
+expert transformer of 02_dit.py with one of three objectives (03 ddpm, 04 flow,
+05 pyramid) and writes OUT/dit.pt, which sample.py turns into GIFs.
+
+Data parallel (DDP) under torchrun, plain `python train.py` too; mixed precision
+(bf16 autocast on CPU and GPU, fp16 with a GradScaler); EMA weights for sampling;
+checkpoints written atomically that resume bit-exactly.
+"""
+import argparse
+import copy
+import dataclasses
+import difflib
+import importlib
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from data.moving_mnist import MovingMNIST, save_gif
+from data.tokenizer import Tokenizer
+from data.video_folder import VideoFolder
+
+vae_lib = importlib.import_module("01_vae")
+dit_lib = importlib.import_module("02_dit")
+diffusion = importlib.import_module("03_diffusion")
+flow = importlib.import_module("04_flow")
+pyramid = importlib.import_module("05_pyramid")
+
+
+# ----------------------------------------------------------------------------- config
+# Defaults live here; a YAML file overrides them, then --section.key=value flags.
+
+@dataclass
+class DataConfig:
+    dataset: str = "moving_mnist"   # moving_mnist, or a folder of name.gif + name.txt pairs
+    mnist_images: str = ""          # empty: the MNIST test set shipped in data/mnist/
+    mnist_labels: str = ""
+    frames: int = 17
+    size: int = 64
+    channels: int = 1
+    max_digits: int = 2
+    workers: int = 0                 # DataLoader processes; Moving MNIST renders ~5000 videos/s in the main one
+
+
+@dataclass
+class VAEConfig:
+    channels: list[int] = field(default_factory=lambda: [64, 128])
+    patch: int = 4                   # pixel-unshuffle stem: space compression = patch * 2^(len(channels) - 1)
+    latent_channels: int = 16
+    time_compression: int = 2
+    layers_per_block: int = 1
+    l1_weight: float = 0.0
+    l2_weight: float = 1.0
+    fg_weight: float = 0.0
+    kl_weight: float = 1e-6
+    gan_weight: float = 0.0          # 0 switches the discriminator off
+    disc_start: int = 0
+    frames: int = 9                  # training clip length (causal and convolutional: any 1 + k * tc works later)
+    batch_size: int = 2
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup: int = 50
+    steps: int = 4000
+    ckpt_every: int = 500
+    sample_every: int = 1000
+    val_frames: int = 17             # validation PSNR is measured on 17-frame videos
+
+
+@dataclass
+class DiTConfig:
+    objective: str = "flow"          # ddpm | flow | pyramid
+    vae_ckpt: str = ""               # the frozen VAE; empty: OUT/vae.pt from the vae stage
+    dim: int = 256
+    depth: int = 8
+    heads: int = 4
+    text_depth: int = 2
+    text_len: int = 16
+    patch_t: int = 1
+    attention: str = "full"          # full | factorized
+    checkpointing: bool = False
+    vocab_size: int = 128            # BPE pieces asked for; a tiny corpus gives fewer
+    videos: int = 8000               # training videos encoded once into the latent cache
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup: int = 200
+    steps: int = 2000
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    sample_steps: int = 25
+    sample_cfg: float = 4.0
+    pyramid_stages: int = 2
+    flow_shift: float = 1.0
+    ckpt_every: int = 500
+    sample_every: int = 500
+    prompts: list[str] = field(default_factory=lambda: [
+        "digit 0 is moving up and down", "digit 3 is moving left and right",
+        "digit 7 is moving up and down", "digit 5 is moving left and right and digit 1 is moving up and down"])
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/tiny"
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    dtype: str = "bf16"              # bf16 | fp16 | fp32
+    clip_grad: float = 1.0
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+
+
+CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
+           "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized")}
+
+
+def coerce(key, value, kind):
+    """value as type `kind`, or a ValueError that names the key."""
+    if getattr(kind, "__origin__", None) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"config key '{key}' must be a list, got {value!r}")
+        return [coerce(f"{key}[{i}]", v, kind.__args__[0]) for i, v in enumerate(value)]
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ValueError(f"config key '{key}' must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError(f"config key '{key}' must be one of {CHOICES[key]}, got {value!r}")
+    return value
+
+
+def merge(cfg, updates, source, prefix=""):
+    """Write a (nested) dict of updates into the dataclass cfg, checking every key and type."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for name, value in updates.items():
+        key = prefix + name
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
+            raise ValueError(f"unknown config key '{key}' in {source}{hint}")
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key '{key}' in {source} is a section and needs key: value pairs")
+            merge(current, value, source, key + ".")
+        else:
+            setattr(cfg, name, coerce(key, value, fields[name].type))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file over the defaults, e.g. tiny.yaml")
+    p.add_argument("--stage", default="all", choices=["all", "vae", "dit"])
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in out_dir")
+    args, rest = p.parse_known_args(argv)
+    cfg = Config()
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise SystemExit(f"config file {args.config} not found")
+        with open(args.config) as f:
+            merge(cfg, yaml.safe_load(f) or {}, args.config)
+    for flag in rest:  # --section.key=value, the value parsed as YAML (numbers, lists, true/false)
+        if not flag.startswith("--") or "=" not in flag:
+            raise ValueError(f"cannot parse argument {flag!r}: overrides look like --dit.lr=3e-4")
+        key, value = flag[2:].split("=", 1)
+        *sections, name = key.split(".")
+        update = {name: yaml.safe_load(value)}
+        for s in reversed(sections):
+            update = {s: update}
+        merge(cfg, update, "the command line")
+    return cfg, args
+
+
+# ----------------------------------------------------------------------------- runtime
+def setup():
+    """(rank, world_size, device) under torchrun (RANK set) or as a plain single process."""
+    if "RANK" in os.environ:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        rank, world, local = dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
+    else:
+        rank, world, local = 0, 1, 0
+    return rank, world, local
+
+
+def pick_device(cfg, local_rank):
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def autocast(device, dtype):
+    """bf16 autocast runs on CPU and GPU alike; backward is called outside this context."""
+    if dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def mean_over_ranks(value, device):
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.item()
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def all_rng_states():
+    """Every rank's RNG state, so a resumed DDP run draws the same noise on every rank."""
+    states = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
+    if dist.is_initialized():
+        dist.all_gather_object(states, rng_state())
+    else:
+        states[0] = rng_state()
+    return states
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, state):
+    """Write to a temporary file, then rename: a crash mid-write never destroys the last good checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, kind):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {kind} checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, wrong file: all the same to the user
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        raise ValueError(f"{path} is not a {kind} checkpoint of this project")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- data
+def video_dataset(cfg, split, frames, length):
+    d = cfg.data
+    if d.dataset == "moving_mnist":
+        return MovingMNIST(split, num_frames=frames, length=length, seed=cfg.seed, size=d.size,
+                           max_digits=d.max_digits, images=d.mnist_images or None, labels=d.mnist_labels or None)
+    return VideoFolder(d.dataset, num_frames=frames, size=d.size, channels=d.channels, train=split == "train")
+
+
+def batches(dataset, batch_size, rank, world, seed, start_step, workers=0):
+    """Endless batches in a fixed order that depends only on the seed and the step.
+
+    The epoch and the position inside it follow from the step, so a resumed run
+    skips exactly the batches it has already seen and continues in the same order.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    per_epoch = len(sampler) // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} examples are too few for a batch of {batch_size} on each of {world} ranks")
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        order = list(sampler)[skip * batch_size:per_epoch * batch_size]
+        # an own generator for the workers' seeds: the global RNG (training noise) is left untouched
+        seeds = torch.Generator().manual_seed(seed + epoch)
+        yield from DataLoader(dataset, batch_size, sampler=order, num_workers=workers, drop_last=True, generator=seeds)
+        epoch, skip = epoch + 1, 0
+
+
+def lr_at(step, base, warmup, total):
+    """Linear warm-up, then cosine decay to a tenth of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ----------------------------------------------------------------------------- one optimiser step
+def train_step(model, optimizer, scaler, loss_fn, micro_batches, device, dtype, clip):
+    """Gradient accumulation over micro-batches; DDP all-reduces only on the last one (no_sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    total, logs = 0.0, {}
+    for i, micro in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                loss, micro_logs = loss_fn(model, micro)
+            scaler.scale(loss / len(micro_batches)).backward()  # outside autocast, as the AMP docs ask
+        total += loss.item() / len(micro_batches)
+        for k, v in micro_logs.items():
+            logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
+    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)      # skipped by the scaler if fp16 gradients overflowed
+    scaler.update()
+    return total, {**logs, "grad_norm": grad_norm.item()}
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().float(), 1 - decay)
+
+
+# ----------------------------------------------------------------------------- models
+def build_vae(config):
+    v = config["vae"]
+    return vae_lib.CausalVAE(in_channels=config["data"]["channels"], channels=v["channels"], patch=v["patch"],
+                             latent_channels=v["latent_channels"], time_compression=v["time_compression"],
+                             layers_per_block=v["layers_per_block"])
+
+
+def build_dit(d, vocab_size, latent_channels):
+    return dit_lib.DiT(in_channels=latent_channels, dim=d["dim"], depth=d["depth"], heads=d["heads"],
+                       vocab_size=vocab_size, max_text_len=d["text_len"], text_depth=d["text_depth"],
+                       patch_t=d["patch_t"], attention=d["attention"], checkpointing=d["checkpointing"])
+
+
+def build_objective(d):
+    if d["objective"] == "ddpm":
+        return diffusion.GaussianDiffusion()
+    if d["objective"] == "flow":
+        return flow.RectifiedFlow(shift=d["flow_shift"])
+    return pyramid.PyramidFlow(stages=d["pyramid_stages"], shift=d["flow_shift"])
+
+
+@torch.no_grad()
+def generate(model, objective, vae, tokenizer, prompts, latent_shape, text_len, steps, cfg_scale, seed,
+             device, dtype, progress=False):
+    """Videos [N, C, T, H, W] in [-1, 1] for N prompts; the same seed gives the same videos."""
+    ids, mask = tokenizer.encode(prompts, text_len)
+    ids, mask = ids.to(device), mask.to(device)
+    null_ids, null_mask = diffusion.null_caption(len(prompts), text_len, device)
+    generator = torch.Generator(device).manual_seed(seed)
+    with autocast(device, dtype):
+        z = objective.sample(model, (len(prompts), *latent_shape), dict(ids=ids, mask=mask),
+                             uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=cfg_scale,
+                             generator=generator, progress=progress)
+        videos = vae.decode(z.float() / vae.scaling_factor)
+    return videos.float().clamp(-1, 1)
+
+
+def video_grid(videos, columns):
+    """[N, C, T, H, W] -> one video [C, T, rows * H, columns * W] with a 2-pixel gap, for GIF previews."""
+    n, c, t, h, w = videos.shape
+    rows = math.ceil(n / columns)
+    grid = videos.new_full((c, t, rows * (h + 2) - 2, columns * (w + 2) - 2), -1.0)
+    for i, v in enumerate(videos):
+        r, col = divmod(i, columns)
+        grid[:, :, r * (h + 2):r * (h + 2) + h, col * (w + 2):col * (w + 2) + w] = v
+    return grid
+
+
+class Logger:
+    """Rank 0 alone writes: a tqdm bar, metrics as JSON lines, the resolved config."""
+
+    def __init__(self, cfg, rank, stage, start, total):
+        self.rank, self.stage = rank, stage
+        self.path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        self.bar = tqdm(total=total, initial=start, desc=stage, disable=rank != 0, dynamic_ncols=True)
+        self.last = time.perf_counter()
+
+    def step(self, step, loss, logs):
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        if self.rank == 0:
+            self.bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{seconds:.2f}")
+            self.bar.update(1)
+            self.write({**logs, "step": step + 1, "loss": loss, "step_s": round(seconds, 4)})
+
+    def write(self, record):
+        if self.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"stage": self.stage, **record}) + "\n")
+
+    def print(self, message):
+        if self.rank == 0:
+            self.bar.write(message)
+
+
+def check_finite(loss, step, path, logger):
+    """A NaN or inf loss stops the run before anything is saved, so the last good checkpoint survives."""
+    if not math.isfinite(loss):
+        logger.bar.close()
+        kept = f"the last good checkpoint is {path}" if os.path.isfile(path) else "no checkpoint was written yet"
+        raise SystemExit(f"loss is {loss} at step {step + 1}: stopping; {kept}. "
+                         "Try a lower learning rate, or dtype fp32 to rule out precision.")
+
+
+# ----------------------------------------------------------------------------- stage 1: VAE
+def train_vae(cfg, rank, world, device, resume):
+    v = cfg.vae
+    path = os.path.join(cfg.out_dir, "vae.pt")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    vae = build_vae(dataclasses.asdict(cfg)).to(device)
+    criterion = vae_lib.VAELoss(l1_weight=v.l1_weight, l2_weight=v.l2_weight, fg_weight=v.fg_weight,
+                                kl_weight=v.kl_weight, gan_weight=v.gan_weight, disc_start=v.disc_start,
+                                in_channels=cfg.data.channels).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=v.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    disc = criterion.disc
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=v.lr, betas=(0.5, 0.9)) if disc is not None else None
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+    scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+    start = 0
+    if resume and os.path.isfile(path):
+        ckpt = load_checkpoint(path, "vae")
+        vae.load_state_dict(ckpt["model"])
+        criterion.load_state_dict(ckpt["criterion"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if opt_d is not None:
+            opt_d.load_state_dict(ckpt["optimizer_d"])
+            scaler_d.load_state_dict(ckpt["scaler_d"])
+        start = ckpt["step"]
+        resume_rng(ckpt, rank, world)
+    else:
+        torch.manual_seed(cfg.seed + rank)
+    model = DDP(vae) if world > 1 else vae
+    disc_model = DDP(disc) if world > 1 and disc is not None else disc
+
+    per_rank = v.batch_size // world
+    if per_rank * world != v.batch_size or per_rank % v.grad_accum:
+        raise ValueError(f"vae.batch_size {v.batch_size} must split evenly over {world} ranks x {v.grad_accum} micro-steps")
+    train_set = video_dataset(cfg, "train", v.frames, length=max(v.steps * v.batch_size, 1000))
+    data = batches(train_set, per_rank, rank, world, cfg.seed, start, cfg.data.workers)
+    logger = Logger(cfg, rank, "vae", start, v.steps)
+    logger.print(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, "
+                 f"{v.frames}-frame clips, batch {v.batch_size} on {world} rank(s)")
+    last_layer = vae.last_layer
+
+    def state(step):
+        return dict(kind="vae", step=step, config=dataclasses.asdict(cfg), model=vae.state_dict(),
+                    criterion=criterion.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                    optimizer_d=opt_d.state_dict() if opt_d else None, scaler_d=scaler_d.state_dict(),
+                    rng=all_rng_states(), data_position=data_position(step, len(train_set), v.batch_size))
+
+    for step in range(start, v.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, v.lr, v.warmup, v.steps)
+        x = next(data)[0].to(device)  # (B, C, T, H, W)
+        recons = []
+
+        def vae_loss(m, micro):
+            recon, posterior = m(micro)
+            recons.append(recon.detach())
+            return criterion(micro, recon, posterior, step, last_layer)
+
+        micro = list(x.chunk(v.grad_accum))
+        loss, logs = train_step(model, opt, scaler, vae_loss, micro, device, cfg.dtype, cfg.clip_grad)
+        if disc is not None and step >= v.disc_start:
+            def disc_loss(m, pair):
+                return criterion.disc_loss(pair[0], pair[1], step, m), {}
+            logs["disc_loss"], _ = train_step(disc_model, opt_d, scaler_d, disc_loss, list(zip(micro, recons)),
+                                              device, cfg.dtype, cfg.clip_grad)
+        loss = mean_over_ranks(loss, device)
+        check_finite(loss, step, path, logger)
+        logger.step(step, loss, logs)
+        done = step + 1 == v.steps
+        if (step + 1) % v.ckpt_every == 0 or done:
+            if done:  # the DiT sees latents / scaling_factor: unit variance (DESIGN.md section 5)
+                vae.scaling_factor.fill_(vae_lib.measure_scaling_factor(vae, vae_samples(cfg, v.frames, 64, device)))
+            ckpt = state(step + 1)
+            if rank == 0:
+                save_checkpoint(path, ckpt)
+        if rank == 0 and ((step + 1) % v.sample_every == 0 or done):
+            psnr, black = validate_vae(cfg, vae, device, os.path.join(cfg.out_dir, "samples", f"vae_{step + 1:06d}.gif"))
+            logger.write(dict(step=step + 1, val_psnr=psnr))
+            logger.print(f"step {step + 1}: validation PSNR {psnr:.2f} dB on {v.val_frames}-frame videos "
+                         f"(all-black frames: {black:.2f} dB)")
+    logger.bar.close()
+    barrier()
+
+
+def vae_samples(cfg, frames, n, device):
+    ds = video_dataset(cfg, "train", frames, length=n)
+    return torch.stack([ds[i][0] for i in range(n)]).to(device)
+
+
+@torch.no_grad()
+def validate_vae(cfg, vae, device, gif_path, n=32):
+    """PSNR (01_vae.psnr, averaged over videos) of reconstructions of validation videos and of all-black
+    frames, for scale; a GIF: originals above, reconstructions below."""
+    vae.eval()
+    ds = video_dataset(cfg, "val", cfg.vae.val_frames, length=n)
+    x = torch.stack([ds[i][0] for i in range(n)]).to(device)
+    with autocast(device, cfg.dtype):
+        recon = vae.decode(vae.encode(x).mode()).float().clamp(-1, 1)
+    vae.train()
+    os.makedirs(os.path.dirname(gif_path), exist_ok=True)
+    save_gif(gif_path, video_grid(torch.cat([x[:8], recon[:8]]), columns=8))
+    return vae_lib.psnr(x, recon).mean().item(), vae_lib.psnr(x, torch.full_like(x, -1)).mean().item()
+
+
+def data_position(step, n, batch_size):
+    epoch, batch = divmod(step, max(1, n // batch_size))
+    return {"epoch": epoch, "batch": batch}
+
+
+def resume_rng(ckpt, rank, world):
+    states = ckpt["rng"]
+    if len(states) == world:
+        set_rng_state(states[rank])
+    else:  # the data order still resumes; only the noise differs from an uninterrupted run
+        print(f"[rank {rank}] checkpoint was written by {len(states)} rank(s), this run has {world}: "
+              "resuming with fresh random noise", file=sys.stderr)
+        torch.manual_seed(ckpt["step"] * 1000 + rank)
+
+
+# ----------------------------------------------------------------------------- stage 2: DiT
+def load_vae(ckpt, device):
+    vae = build_vae(ckpt["config"])
+    vae.load_state_dict(ckpt["model"])
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def fingerprint(state_dict):
+    """A content hash of weights, so the latent cache is rebuilt exactly when the VAE changed."""
+    import hashlib
+    h = hashlib.sha1()
+    for k, t in state_dict.items():
+        h.update(k.encode())
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
+    """Encode the training videos once: (latents * scaling_factor, captions), from OUT/latents.pt if it matches.
+
+    Each rank encodes every world-th video; rank 0 stitches the parts together.
+    The posterior mean is cached (the KL weight is tiny, so its spread is negligible).
+    """
+    d = cfg.dit
+    path = os.path.join(cfg.out_dir, "latents.pt")
+    key = dict(vae=fingerprint(vae_ckpt["model"]), videos=d.videos, frames=cfg.data.frames, seed=cfg.seed,
+               data=dataclasses.asdict(cfg.data) | {"workers": None})
+    if os.path.isfile(path):
+        cache = torch.load(path, weights_only=True)
+        if cache["key"] == key:
+            return cache["latents"], cache["captions"]
+    barrier()  # nobody may still be reading an old cache when rank 0 replaces it
+    ds = video_dataset(cfg, "train", cfg.data.frames, length=d.videos)
+    mine = list(range(rank, d.videos, world))
+    parts = []
+    for i in tqdm(range(0, len(mine), 32), desc="encode latents", disable=rank != 0, dynamic_ncols=True):
+        x = torch.stack([ds[j][0] for j in mine[i:i + 32]]).to(device)
+        with autocast(device, cfg.dtype):
+            parts.append((vae.encode(x).mode().float() * vae.scaling_factor).half().cpu())
+    mine_latents = torch.cat(parts)
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine_latents)
+    else:
+        gathered = [mine_latents]
+    latents = torch.empty(d.videos, *mine_latents.shape[1:], dtype=torch.half)
+    for r, part in enumerate(gathered):
+        latents[r::world] = part
+    captions = [ds.caption(i) if hasattr(ds, "caption") else ds[i][1] for i in range(d.videos)]
+    if rank == 0:
+        save_checkpoint(path, dict(key=key, latents=latents, captions=captions))
+    barrier()
+    return latents, captions
+
+
+def train_dit(cfg, rank, world, device, resume):
+    d = cfg.dit
+    path = os.path.join(cfg.out_dir, "dit.pt")
+    vae_path = d.vae_ckpt or os.path.join(cfg.out_dir, "vae.pt")
+    if not os.path.isfile(vae_path):
+        raise SystemExit(f"the dit stage needs a trained VAE and found none at {vae_path}: "
+                         "run `--stage vae` first (or the default `--stage all`)")
+    vae_ckpt = load_checkpoint(vae_path, "vae")
+    vae = load_vae(vae_ckpt, device)
+    latents, captions = cached_latents(cfg, vae, vae_ckpt, rank, world, device)
+
+    tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
+    if rank == 0 and not (resume and os.path.isfile(tok_path)):
+        Tokenizer.train(captions, d.vocab_size).save(tok_path)
+    barrier()
+    tokenizer = Tokenizer.load(tok_path)
+    ids, mask = tokenizer.encode(captions, d.text_len)
+
+    torch.manual_seed(cfg.seed)
+    model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latents.shape[1]).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    objective = build_objective(dataclasses.asdict(d))
+    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+    start = 0
+    if resume and os.path.isfile(path):
+        ckpt = load_checkpoint(path, "dit")
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start = ckpt["step"]
+        resume_rng(ckpt, rank, world)
+    else:
+        torch.manual_seed(cfg.seed + rank)
+    # The pyramid objective calls the model once per stage present in a rank's share of the
+    # batch, so ranks may make different numbers of forward calls: DDP must not sync buffers
+    # (the constant RoPE tables) on each call, or ranks wait for each other forever.
+    no_sync_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else "broadcast_buffers": False}  # renamed in newer torch
+    ddp_model = DDP(model, **no_sync_buffers) if world > 1 else model
+
+    per_rank = d.batch_size // world
+    if per_rank * world != d.batch_size or per_rank % d.grad_accum:
+        raise ValueError(f"dit.batch_size {d.batch_size} must split evenly over {world} ranks x {d.grad_accum} micro-steps")
+    dataset = torch.utils.data.TensorDataset(latents, ids, mask)
+    data = batches(dataset, per_rank, rank, world, cfg.seed, start)
+    logger = Logger(cfg, rank, "dit", start, d.steps)
+    logger.print(f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, objective {d.objective}, "
+                 f"latents {tuple(latents.shape[1:])}, {len(latents)} videos, vocab {tokenizer.vocab_size}")
+    latent_shape = list(latents.shape[1:])
+
+    def dit_loss(m, micro):
+        x0, ids_, mask_ = micro
+        ids_, mask_ = diffusion.drop_captions(ids_, mask_, d.caption_dropout)
+        return objective.loss(m, x0, dict(ids=ids_, mask=mask_), rank=rank, world_size=world), {}
+
+    def state(step):
+        return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=model.state_dict(),
+                    ema=ema.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                    rng=all_rng_states(), data_position=data_position(step, len(dataset), d.batch_size),
+                    tokenizer=tokenizer.state_dict(), tokenizer_file=tok_path, vocab_size=tokenizer.vocab_size,
+                    latent_shape=latent_shape, vae=vae_ckpt["model"], vae_config=vae_ckpt["config"],
+                    scaling_factor=float(vae.scaling_factor))
+
+    for step in range(start, d.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, d.lr, d.warmup, d.steps)
+        x0, b_ids, b_mask = (t.to(device) for t in next(data))
+        micro = list(zip(x0.float().chunk(d.grad_accum), b_ids.chunk(d.grad_accum), b_mask.chunk(d.grad_accum)))
+        loss, logs = train_step(ddp_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
+        ema_update(ema, model, d.ema_decay)
+        loss = mean_over_ranks(loss, device)
+        check_finite(loss, step, path, logger)
+        logger.step(step, loss, logs)
+        done = step + 1 == d.steps
+        if (step + 1) % d.ckpt_every == 0 or done:
+            ckpt = state(step + 1)
+            if rank == 0:
+                save_checkpoint(path, ckpt)
+        if rank == 0 and ((step + 1) % d.sample_every == 0 or done):
+            videos = generate(ema, objective, vae, tokenizer, d.prompts, latent_shape, d.text_len,
+                              d.sample_steps, d.sample_cfg, cfg.seed, device, cfg.dtype)
+            gif = os.path.join(cfg.out_dir, "samples", f"dit_{step + 1:06d}.gif")
+            os.makedirs(os.path.dirname(gif), exist_ok=True)
+            save_gif(gif, video_grid(videos, columns=len(d.prompts)))
+            logger.print(f"step {step + 1}: samples of {len(d.prompts)} prompts in {gif}")
+    logger.bar.close()
+    barrier()
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    cfg, args = parse_args(argv)
+    rank, world, local = setup()
+    device = pick_device(cfg, local)
+    if cfg.dtype == "fp16" and device.type == "cpu":
+        raise SystemExit("dtype fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    for stage in ("vae", "dit"):
+        existing = os.path.join(cfg.out_dir, f"{stage}.pt")
+        if args.stage in ("all", stage) and os.path.isfile(existing) and not args.resume:
+            raise SystemExit(f"{existing} exists: pass --resume to continue it, or set --out_dir to start afresh")
+    if rank == 0:
+        text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+        print(f"config ({world} rank(s), {device}, {cfg.dtype}):\n{text}")
+        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
+            f.write(text)
+    try:
+        if args.stage in ("all", "vae"):
+            train_vae(cfg, rank, world, device, args.resume)
+        if args.stage in ("all", "dit"):
+            train_dit(cfg, rank, world, device, args.resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
