@@ -309,54 +309,6 @@ class DiT(nn.Module):
         return unpatchify(out, (frames, rows, cols), p, pt)                 # (B, C, T, H, W)
 
 
-def dit_flops(dim, depth, text_depth, n_text, n_video, patch_dim, mlp_ratio=4):
-    """Matmul FLOPs (multiply-add = 2) of one forward pass per sample, full attention. Per layer over S tokens:
-    QKV + out-projection + MLP 2 * (4 + 2 r) * S * D^2, scores q.k and the weighted sum of v 4 * S^2 * D;
-    each block's adaLN 2 * D * 12 D; plus patch embedding, final layer and timestep MLP."""
-    S, D, r = n_text + n_video, dim, mlp_ratio
-    block = 2 * (4 + 2 * r) * S * D * D + 4 * S * S * D + 2 * D * 12 * D
-    text = 2 * (4 + 2 * r) * n_text * D * D + 4 * n_text * n_text * D
-    rest = 2 * 2 * n_video * patch_dim * D + 2 * D * 2 * D + 2 * 256 * D + 2 * D * D
-    return depth * block + text_depth * text + rest
-
-
-def measure_speed(batch=64, steps=3, device="cpu"):
-    """Parameters, forward+backward seconds per step (fp32, bf16 autocast) and achieved GFLOP/s at the
-    provisional tiny size (latents 16 x 5 x 8 x 8, 16 text tokens, dim 256, depth 8, 4 heads), beside the
-    matmul peak (a 4096 x 2048 x 2048 matmul) measured in the same run. Backward costs ~2 forwards."""
-    def best_time(fn, reps):
-        best = math.inf
-        for _ in range(reps):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    def step(amp):
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-            loss = model(x, t, ids, mask).float().square().mean()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    model = DiT(16, 256, 8, 4, vocab_size=128, max_text_len=16, text_depth=2).to(device)
-    x, t = torch.randn(batch, 16, 5, 8, 8, device=device), 1000 * torch.rand(batch, device=device)
-    ids = torch.randint(2, 128, (batch, 16), device=device)
-    mask = torch.ones(batch, 16, dtype=torch.bool, device=device)
-    flops = 3 * batch * dit_flops(dim=256, depth=8, text_depth=2, n_text=16, n_video=80, patch_dim=64)
-    result = {"params": sum(p.numel() for p in model.parameters()), "gflop_per_step": flops / 1e9}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(4096, 2048, dtype=dtype, device=device), torch.randn(2048, 2048, dtype=dtype, device=device)
-        result[f"{name}_matmul_peak_gflops"] = 2 * 4096 * 2048 * 2048 / best_time(lambda: a @ b, 4) / 1e9
-        step(dtype == torch.bfloat16)  # warm-up
-        result[f"{name}_step_s"] = best_time(lambda: step(dtype == torch.bfloat16), steps)
-        result[f"{name}_gflops"] = flops / result[f"{name}_step_s"] / 1e9
-    return result
-
-
 if __name__ == "__main__":
     torch.manual_seed(0)
     # 8 random "latents" (01's VAE makes real ones), each with its own random caption of 2..8 tokens
