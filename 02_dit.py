@@ -4,8 +4,8 @@ The latent video (B, C, T, H, W) is cut into 2x2 patches (1 or 2 latent frames d
 the caption is encoded by a small transformer trained from scratch (CogVideoX uses a frozen T5-XXL).
 Both go into one sequence [text; video] that full 3D attention mixes. "Expert" means text and video
 tokens share every weight except the adaLN modulation: each modality gets its own shift/scale/gate from
-the timestep (expert AdaLN). 3D RoPE tells video tokens where they are in (t, h, w); qk-norm keeps the
-attention logits bounded.
+the conditioning vector, timestep plus pooled caption as in HunyuanVideo (expert AdaLN). 3D RoPE tells
+video tokens where they are in (t, h, w); qk-norm keeps the attention logits bounded.
 
 For later files: `attention="factorized"` (spatial then temporal attention, the design CogVideoX argues
 against), `history=` and `causal=True` for Pyramid Flow's autoregressive temporal pyramid (05), and
@@ -247,6 +247,7 @@ class DiT(nn.Module):
         self.text_encoder = TextEncoder(vocab_size, dim, text_depth, heads, max_text_len)
         self.x_embed = nn.Linear(patch_dim, dim)
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.text_pool = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.rope = RoPE3D(dim // heads)
         # factorized: spatial and temporal blocks alternate (Latte), each with exactly a full block's weights,
         # so the ablation changes only who attends to whom
@@ -291,7 +292,10 @@ class DiT(nn.Module):
 
         text = self.text_encoder(ids, mask)                                 # (B, L, D)
         video = self.x_embed(torch.cat(tokens, dim=1))                      # (B, N, D), history then x
-        emb = self.t_embed(timestep_embedding(t))                           # (B, D)
+        # HunyuanVideo adds a pooled caption vector (CLIP-L's) to the timestep embedding: global guidance that
+        # every adaLN sees, learned long before attention has found which text token names the digit
+        pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, D) mean of the real tokens
+        emb = self.t_embed(timestep_embedding(t)) + self.text_pool(pooled)  # (B, D)
         rope = F.pad(self.rope(pos), (0, 0, text.shape[1], 0))              # (S, head_dim/2): text angle 0, unrotated
         attn_mask = F.pad(mask, (0, video.shape[1]), value=True)[:, None, None, :]  # (B, 1, 1, S): padded text hidden
         if causal:

@@ -479,12 +479,12 @@ OBJECTIVES = ("ddpm", "flow", "pyramid")
 def dit_flops(dim, depth, text_depth, n_text, n_video, patch_dim, mlp_ratio=4):
     """Matmul FLOPs (multiply-add = 2) of one forward pass per sample, full attention. Per layer over S tokens:
     QKV + out-projection + MLP 2 * (4 + 2 r) * S * D^2, scores q.k and the weighted sum of v 4 * S^2 * D;
-    each block's adaLN 2 * D * 12 D; plus patch embedding, final layer and timestep MLP. A training step
-    costs about 3 forwards: backward computes the gradients of both the inputs and the weights."""
+    each block's adaLN 2 * D * 12 D; plus patch embedding, final layer, timestep and pooled-caption MLPs. A step
+    of training costs about 3 forwards: backward computes the gradients of both the inputs and the weights."""
     S, D, r = n_text + n_video, dim, mlp_ratio
     block = 2 * (4 + 2 * r) * S * D * D + 4 * S * S * D + 2 * D * 12 * D
     text = 2 * (4 + 2 * r) * n_text * D * D + 4 * n_text * n_text * D
-    rest = 2 * 2 * n_video * patch_dim * D + 2 * D * 2 * D + 2 * 256 * D + 2 * D * D
+    rest = 2 * 2 * n_video * patch_dim * D + 2 * D * 2 * D + 2 * 256 * D + 2 * D * D + 2 * 2 * D * D
     return depth * block + text_depth * text + rest
 
 

@@ -196,7 +196,8 @@ def test_dit_flops_matches_a_hand_count_and_the_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
     # dim 16, one block, no text layers, 2 text + 4 video tokens (S = 6), patch_dim 4, MLP ratio 4
     block = 2 * 6 * 16 * 3 * 16 + 2 * 6 * 16 * 16 + 2 * 6 * 16 * 64 * 2 + 2 * 2 * 6 * 6 * 16 + 2 * 16 * 12 * 16
-    rest = 2 * 4 * 4 * 16 + 2 * 4 * 16 * 4 + 2 * 16 * 2 * 16 + 2 * 256 * 16 + 2 * 16 * 16  # in, out, final adaLN, t MLP
+    # in, out, final adaLN, timestep MLP, pooled-caption MLP
+    rest = 2 * 4 * 4 * 16 + 2 * 4 * 16 * 4 + 2 * 16 * 2 * 16 + 2 * 256 * 16 + 2 * 16 * 16 + 2 * 2 * 16 * 16
     assert bench.dit_flops(16, 1, 0, n_text=2, n_video=4, patch_dim=4) == block + rest
     # torch's counter sees every Linear; CPU attention runs outside it, so add its 4 S^2 D per layer by hand
     dit = __import__("importlib").import_module("02_dit")
