@@ -97,6 +97,7 @@ class DiTConfig:
     heads: int = 4
     text_depth: int = 2
     text_len: int = 16
+    patch: int = 2                   # latent pixels per token side: smaller = more tokens, more compute per video
     patch_t: int = 1
     attention: str = "full"          # full | factorized
     checkpointing: bool = False
@@ -113,6 +114,7 @@ class DiTConfig:
     sample_cfg: float = 4.0
     pyramid_stages: int = 2
     flow_shift: float = 1.0
+    t_sampling: str = "uniform"      # flow: uniform | logit_normal (SD3: more training near t = 0.5)
     ckpt_every: int = 500
     sample_every: int = 500
     prompts: list[str] = field(default_factory=lambda: [
@@ -133,7 +135,8 @@ class Config:
 
 
 CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
-           "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized")}
+           "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
+           "dit.t_sampling": ("uniform", "logit_normal")}
 
 
 def coerce(key, value, kind):
@@ -362,14 +365,15 @@ def build_vae(config):
 def build_dit(d, vocab_size, latent_channels):
     return dit_lib.DiT(in_channels=latent_channels, dim=d["dim"], depth=d["depth"], heads=d["heads"],
                        vocab_size=vocab_size, max_text_len=d["text_len"], text_depth=d["text_depth"],
-                       patch_t=d["patch_t"], attention=d["attention"], checkpointing=d["checkpointing"])
+                       patch=d["patch"], patch_t=d["patch_t"], attention=d["attention"],
+                       checkpointing=d["checkpointing"])
 
 
 def build_objective(d):
     if d["objective"] == "ddpm":
         return diffusion.GaussianDiffusion()
     if d["objective"] == "flow":
-        return flow.RectifiedFlow(shift=d["flow_shift"])
+        return flow.RectifiedFlow(t_sampling=d["t_sampling"], shift=d["flow_shift"])
     return pyramid.PyramidFlow(stages=d["pyramid_stages"], shift=d["flow_shift"])
 
 
@@ -682,7 +686,8 @@ def train_dit(cfg, rank, world, device, resume):
         x0, b_ids, b_mask = (t.to(device) for t in next(data))
         micro = list(zip(x0.float().chunk(d.grad_accum), b_ids.chunk(d.grad_accum), b_mask.chunk(d.grad_accum)))
         loss, logs = train_step(ddp_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
-        ema_update(ema, model, d.ema_decay)
+        # warm the decay up: a plain 0.999 would still hold 13% of the random init after 2000 steps
+        ema_update(ema, model, min(d.ema_decay, (1 + step) / (10 + step)))
         loss = mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
         logger.step(step, loss, logs)
