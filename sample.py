@@ -10,7 +10,6 @@ size, VAE, tokenizer) comes from the checkpoint; the EMA weights are used.
 The same seed gives the same videos.
 """
 import argparse
-import math
 import os
 import re
 from collections import Counter

@@ -61,7 +61,7 @@ class DataConfig:
     size: int = 64
     channels: int = 1
     max_digits: int = 2
-    workers: int = 0                 # DataLoader processes; Moving MNIST renders ~5000 videos/s in the main one
+    workers: int = 0                 # DataLoader processes; Moving MNIST renders ~8800 videos/s in the main one
 
 
 @dataclass
@@ -510,7 +510,7 @@ def train_vae(cfg, rank, world, device, resume):
         logger.step(step, loss, logs)
         done = step + 1 == v.steps
         if (step + 1) % v.ckpt_every == 0 or done:
-            if done:  # the DiT sees latents / scaling_factor: unit variance (DESIGN.md section 5)
+            if done:  # the DiT sees latents * scaling_factor: unit variance (DESIGN.md section 5)
                 vae.scaling_factor.fill_(vae_lib.measure_scaling_factor(vae, vae_samples(cfg, v.frames, 64, device)))
             ckpt = state(step + 1)
             if rank == 0:
