@@ -524,7 +524,7 @@ def backward_step(model, loss_fn, device, precision, optimizer=None):
     import train
 
     def step():
-        with train.autocast(device, precision):
+        with train.autocast(device, precision), train.attention_kernel(device):  # the kernels train.py trains with
             loss = loss_fn()
         loss.backward()  # outside autocast, as in train.py
         if optimizer is not None:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -228,6 +229,12 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
+def attention_kernel(device):
+    """On CPU, the fused (flash) attention kernel's backward is slow at our short sequences (~100 tokens):
+    the plain softmax(q k^T / sqrt(d)) v kernel made a tiny-DiT training step 1.24x faster. GPUs keep the fused one."""
+    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()
@@ -335,7 +342,7 @@ def train_step(model, optimizer, scaler, loss_fn, micro_batches, device, dtype, 
         last = i == len(micro_batches) - 1
         sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
         with sync:
-            with autocast(device, dtype):
+            with autocast(device, dtype), attention_kernel(device):
                 loss, micro_logs = loss_fn(model, micro)
             scaler.scale(loss / len(micro_batches)).backward()  # outside autocast, as the AMP docs ask
         total += loss.item() / len(micro_batches)
