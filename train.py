@@ -231,7 +231,8 @@ def autocast(device, dtype):
 
 def attention_kernel(device):
     """On CPU, the fused (flash) attention kernel's backward is slow at our short sequences (~100 tokens):
-    the plain softmax(q k^T / sqrt(d)) v kernel made a tiny-DiT training step 1.24x faster. GPUs keep the fused one."""
+    the plain softmax(q k^T / sqrt(d)) v kernel made a bf16 DiT step (dim 192, batch 32) 1.24x faster (README).
+    GPUs keep the fused one."""
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
 
 
