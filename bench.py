@@ -670,7 +670,7 @@ def run_speed(args):
         def sample(steps):
             with train.autocast(device, "bf16"):
                 objective.sample(model, (n, C, T, H, W), dict(ids=ids[:n], mask=mask[:n]),
-                                 uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=4.0)
+                                 uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=d.sample_cfg)
         rows[name] = figures(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), "bf16", samples=b)
         sample(1)  # the warm-up at one step: a whole sampling run is long
         rows[name]["sample_s_per_video"] = seconds(lambda: sample(d.sample_steps), device, 1, warmup=False) / n
