@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
-from train import build_dit, build_objective, generate, load_checkpoint, load_vae
+from train import DiTConfig, build_dit, build_objective, generate, load_checkpoint, load_vae
 
 
 def load(path, device):
@@ -61,8 +61,8 @@ def parser():
     p.add_argument("--prompts", help="a text file, one prompt a line")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (per stage for the pyramid objective)")
-    p.add_argument("--cfg", type=float, default=8.0,
-                   help="classifier-free guidance scale; 1 turns it off (8 scored best on the tiny run, README)")
+    p.add_argument("--cfg", type=float, default=DiTConfig.sample_cfg,
+                   help="classifier-free guidance scale; 1 turns it off (default %(default)s, train.py's dit.sample_cfg)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples")
     p.add_argument("--batch", type=int, default=64, help="videos generated at once")

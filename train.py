@@ -112,7 +112,7 @@ class DiTConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     sample_steps: int = 25
-    sample_cfg: float = 8.0          # sample.py's default guidance, so previews look like its output
+    sample_cfg: float = 8.0          # guidance of previews and sample.py's default: 8 scored best (README)
     pyramid_stages: int = 2
     flow_shift: float = 1.0
     t_sampling: str = "uniform"      # flow: uniform | logit_normal (SD3: more training near t = 0.5)
