@@ -524,7 +524,7 @@ def backward_step(model, loss_fn, device, precision, optimizer=None):
     import train
 
     def step():
-        with train.autocast(device, precision), train.attention_kernel(device):  # the kernels train.py trains with
+        with train.autocast(device, precision):
             loss = loss_fn()
         loss.backward()  # outside autocast, as in train.py
         if optimizer is not None:
@@ -735,7 +735,7 @@ def run_objectives(args):
             model, x0, _, ids, mask = dit_inputs(cfg, vae, cfg.dit.batch_size, device)
             objective = train.build_objective(dataclasses.asdict(cfg.dit) | {"objective": name})
             step = backward_step(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), device, cfg.dtype,
-                                 torch.optim.AdamW(model.parameters(), lr=cfg.dit.lr))
+                                 torch.optim.AdamW(model.parameters(), lr=cfg.dit.lr, fused=True))
             step_s = seconds(step, device, args.probe, reduce=lambda times: sum(times) / len(times))  # the mean: a plan
             steps = max(1, round(60 * args.minutes / step_s))
             print(f"{name}: {step_s:.3f} s per step in the probe -> {steps} steps for {args.minutes} minutes")

@@ -199,14 +199,13 @@ def test_dit_flops_matches_a_hand_count_and_the_flop_counter():
     # in, out, final adaLN, timestep MLP, pooled-caption MLP
     rest = 2 * 4 * 4 * 16 + 2 * 4 * 16 * 4 + 2 * 16 * 2 * 16 + 2 * 256 * 16 + 2 * 16 * 16 + 2 * 2 * 16 * 16
     assert bench.dit_flops(16, 1, 0, n_text=2, n_video=4, patch_dim=4) == block + rest
-    # torch's counter sees every Linear; CPU attention runs outside it, so add its 4 S^2 D per layer by hand
+    # torch's counter sees every matmul: the Linears, and on CPU 02's written-out attention (baddbmm, bmm)
     dit = __import__("importlib").import_module("02_dit")
     model = dit.DiT(4, 32, depth=2, heads=2, vocab_size=16, max_text_len=4, text_depth=1)
     x, ids = torch.randn(3, 4, 2, 4, 4), torch.randint(2, 16, (3, 4))
     with FlopCounterMode(display=False) as counter:
         model(x, 1000 * torch.rand(3), ids, torch.ones_like(ids, dtype=torch.bool))
-    attention = 2 * 4 * (4 + 8) ** 2 * 32 + 1 * 4 * 4 ** 2 * 32   # 2 blocks over 4 + 8 tokens, 1 text layer over 4
-    assert counter.get_total_flops() + 3 * attention == 3 * bench.dit_flops(32, 2, 1, n_text=4, n_video=8, patch_dim=16)
+    assert counter.get_total_flops() == 3 * bench.dit_flops(32, 2, 1, n_text=4, n_video=8, patch_dim=16)
 
 
 def test_peak_memory_follows_allocations_in_time_order():

@@ -112,6 +112,28 @@ def test_rope_tells_frames_and_rows_apart():
     assert changed(model(x.flip(3), t, *ids_mask).flip(3), out)
 
 
+@pytest.mark.parametrize("mask_shape", [None, "keys", "causal", "per_query"])
+def test_written_out_cpu_attention_matches_pytorchs_kernel(mask_shape):
+    """02's attention on CPU (baddbmm with a -inf bias) gives F.scaled_dot_product_attention's output and gradients."""
+    torch.manual_seed(0)
+    B, S = 3, 7
+    q, k, v = (torch.randn(B, HEADS, S, 16, requires_grad=True) for _ in range(3))
+    mask = {None: None,
+            "keys": torch.arange(S)[None, None, None] < torch.tensor([3, 5, 7])[:, None, None, None],  # (B, 1, 1, S)
+            "causal": dit.block_causal_mask(2, [3, 2])[None, None],                                    # (1, 1, S, S)
+            "per_query": (torch.rand(B, 1, S, S) < 0.6) | (torch.arange(S) == 0)}[mask_shape]  # every query sees key 0
+    ours = dit.attention(q, k, v, mask)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    for g, g_ref in zip(grads, torch.autograd.grad(theirs.square().sum(), (q, k, v))):
+        assert torch.allclose(g, g_ref, atol=1e-5)
+    if mask_shape == "keys":  # keys past each caption's length have no influence at all
+        v_hidden = v.detach().clone()
+        v_hidden.transpose(1, 2)[~mask[:, 0, 0]] += 100.0
+        assert torch.equal(dit.attention(q, k, v_hidden, mask), ours.detach())
+
+
 def test_frame_positions_stretch_a_coarse_frame_onto_the_grid():
     on_grid = dit.frame_positions(2, 4, 3, 4, 3)
     assert torch.equal(on_grid[:, 0], torch.full((12,), 2.0))
