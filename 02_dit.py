@@ -82,6 +82,7 @@ class RoPE3D(nn.Module):
 def apply_rope(x, angles):
     """Rotate each channel pair (x_2i, x_2i+1) of x (..., N, head_dim) by angles (N, head_dim/2): as a complex
     number x_2i + i x_2i+1, the rotation is one multiplication by e^(i angle)."""
+    # torch has no bf16 complex type, so the rotation runs in fp32
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))         # (..., N, head_dim/2) complex
     rotated = pairs * torch.polar(torch.ones_like(angles), angles)
     return torch.view_as_real(rotated).flatten(-2).type_as(x)
