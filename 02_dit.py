@@ -117,7 +117,8 @@ def attention(q, k, v, attn_mask=None):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     B, heads, _, head_dim = q.shape
     keep = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device) if attn_mask is None else attn_mask
-    bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)               # every query needs one key it may see
+    # a query that may see no key at all would get a softmax of NaNs: the masks here always leave it one
+    bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
     bias = bias.expand(B, heads, -1, -1).flatten(0, 1)                      # (B*heads, S or 1, S or 1)
     scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=head_dim ** -0.5)
     return (scores.softmax(-1) @ v.flatten(0, 1)).unflatten(0, (B, heads))  # (B, heads, S, head_dim)
