@@ -27,6 +27,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -108,6 +109,8 @@ class DiTConfig:
     lr: float = 5e-4
     warmup: int = 200
     steps: int = 2000
+    compile: bool = False            # torch.compile the training step: a minute or two once, then faster steps
+    lr_decay: float = 1.0            # fraction of the steps (after warm-up) spent in the cosine decay; 0 = constant
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     sample_steps: int = 25
@@ -137,6 +140,7 @@ class Config:
 CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
            "dit.t_sampling": ("uniform", "logit_normal")}
+RANGES = {"dit.lr_decay": (0.0, 1.0)}
 
 
 def coerce(key, value, kind):
@@ -157,6 +161,8 @@ def coerce(key, value, kind):
         raise ValueError(f"config key '{key}' must be {kind.__name__}, got {value!r} ({type(value).__name__})")
     if key in CHOICES and value not in CHOICES[key]:
         raise ValueError(f"config key '{key}' must be one of {CHOICES[key]}, got {value!r}")
+    if key in RANGES and not RANGES[key][0] <= value <= RANGES[key][1]:
+        raise ValueError(f"config key '{key}' must be in [{RANGES[key][0]}, {RANGES[key][1]}], got {value!r}")
     return value
 
 
@@ -318,11 +324,19 @@ def batches(dataset, batch_size, rank, world, seed, start_step, workers=0):
         epoch, skip = epoch + 1, 0
 
 
-def lr_at(step, base, warmup, total):
-    """Linear warm-up, then cosine decay to a tenth of the base rate."""
+def lr_at(step, base, warmup, total, decay=1.0):
+    """Linear warm-up, hold, then cosine decay to a tenth of the base rate over the last `decay` of the steps.
+
+    decay=1 is the classic warm-up + cosine; decay<1 is warmup-stable-decay (Hu et al. 2024, MiniCPM): the full
+    rate is held until the decay starts, so one run's held phase can be continued. On tiny.yaml, decay=0 (constant)
+    scored 0.07 lower digit accuracy than decay=1 (README).
+    """
     if step < warmup:
         return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    decay_start = total - decay * (total - warmup)
+    if step < decay_start:
+        return base
+    progress = (step - decay_start) / max(1, total - decay_start)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -656,7 +670,11 @@ def train_dit(cfg, rank, world, device, resume):
     # (the constant RoPE tables) on each call, or ranks wait for each other forever.
     no_sync_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
                        else "broadcast_buffers": False}  # renamed in newer torch
-    ddp_model = DDP(model, **no_sync_buffers) if world > 1 else model
+    # only the training step is compiled; previews call the EMA copy eagerly, so no batch size recompiles it.
+    # Inductor leaves RoPE's complex multiply to eager kernels and warns; everything around it still fuses.
+    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+    ddp_model = torch.compile(model) if d.compile else model
+    ddp_model = DDP(ddp_model, **no_sync_buffers) if world > 1 else ddp_model
 
     per_rank = d.batch_size // world
     if per_rank * world != d.batch_size or per_rank % d.grad_accum:
@@ -683,7 +701,7 @@ def train_dit(cfg, rank, world, device, resume):
 
     for step in range(start, d.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, d.lr, d.warmup, d.steps)
+            group["lr"] = lr_at(step, d.lr, d.warmup, d.steps, d.lr_decay)
         x0, b_ids, b_mask = (t.to(device) for t in next(data))
         micro = list(zip(x0.float().chunk(d.grad_accum), b_ids.chunk(d.grad_accum), b_mask.chunk(d.grad_accum)))
         loss, logs = train_step(ddp_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)

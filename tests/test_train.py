@@ -85,6 +85,21 @@ def test_dit_stage_and_sample_py(objective, vae_ckpt, tmp_path):
     assert open(out / "digit_1_is_moving_up_and_down_0.gif", "rb").read() == first
 
 
+def test_compiled_dit_stage_matches_eager(vae_ckpt, tmp_path):
+    """--dit.compile=true trains the same model: same losses (to fp32 reordering), plain checkpoint keys."""
+    runs = {}
+    for mode in ("eager", "compiled"):
+        out = tmp_path / mode
+        train.main(["--config", toy_config(out, dtype="fp32", dit={"steps": 3, "sample_every": 3}), "--stage", "dit",
+                    f"--dit.vae_ckpt={vae_ckpt}", f"--dit.compile={mode == 'compiled'}"])
+        runs[mode] = [r["loss"] for r in metrics(out, "dit")], train.load_checkpoint(str(out / "dit.pt"), "dit")
+    (eager, a), (compiled, b) = runs["eager"], runs["compiled"]
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert a["model"].keys() == b["model"].keys()  # no "_orig_mod." prefix: sample.py loads either
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-3, atol=1e-5)
+
+
 def test_sample_py_keeps_repeated_prompts_apart(vae_ckpt, tmp_path):
     train.main(["--config", toy_config(tmp_path, dit={"steps": 1, "sample_every": 100}), "--stage", "dit",
                 f"--dit.vae_ckpt={vae_ckpt}"])
@@ -171,6 +186,21 @@ def test_config_errors_name_the_problem(tmp_path):
     cfg, _ = train.parse_args(["--config", os.path.join(ROOT, "tiny.yaml"), "--dit.steps=7", "--vae.lr=2e-4"])
     tiny = yaml.safe_load(open(os.path.join(ROOT, "tiny.yaml")))
     assert cfg.dit.steps == 7 and cfg.vae.lr == 2e-4 and cfg.data.frames == tiny["data"]["frames"]
+
+
+def test_lr_schedule_warms_up_holds_then_decays():
+    warm, total = 10, 110
+    cosine = [train.lr_at(s, 1.0, warm, total) for s in range(total)]
+    assert cosine[0] == 0.1 and cosine[warm - 1] == 1.0 == cosine[warm]
+    assert all(a > b for a, b in zip(cosine[warm:], cosine[warm + 1:]))  # decays from the first step after warm-up
+    assert 0.1 < cosine[-1] < 0.101  # the last step is one short of the floor
+    assert all(train.lr_at(s, 1.0, warm, total, decay=0.0) == 1.0 for s in range(warm, total))
+    # decay=0.5 holds the rate for the first half, then runs the whole cosine in the second
+    wsd = [train.lr_at(s, 1.0, warm, total, decay=0.5) for s in range(total)]
+    assert wsd[:60] == [train.lr_at(s, 1.0, warm, total, decay=0.0) for s in range(60)]
+    assert wsd[60:] == [train.lr_at(s, 1.0, warm, 60) for s in range(warm, 60)]
+    with pytest.raises(ValueError, match=r"'dit.lr_decay' must be in \[0.0, 1.0\], got 1.5"):
+        train.parse_args(["--dit.lr_decay=1.5"])
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):
