@@ -720,10 +720,14 @@ def run_objectives(args):
     cfg, _ = train.parse_args(["--config", config])
     device = train.pick_device(cfg, 0)
     judge_model, info = load_judge(os.path.join(args.out, "judge.pt"))
+    run_vae = train.fingerprint(train.load_checkpoint(os.path.join(run, "vae.pt"), "vae")["model"])
     rows, judged = {}, {}
     for name in args.objectives:
         out = os.path.join(args.out, "objectives", name)
         ckpt = os.path.join(out, "dit.pt")
+        if os.path.isfile(ckpt) and train.fingerprint(train.load_checkpoint(ckpt, "dit")["vae"]) != run_vae:
+            print(f"{ckpt} was trained on another run's latents (its VAE differs from {run}'s): training it afresh")
+            shutil.rmtree(out)
         if os.path.isfile(ckpt):
             print(f"{ckpt} exists: scoring it as it is (delete {out} to train it afresh)")
         else:
@@ -743,7 +747,8 @@ def run_objectives(args):
             # checkpoint and sample GIFs only at the end, so the logged step times are training alone
             train.main(["--config", config, "--stage", "dit", f"--dit.vae_ckpt={os.path.join(run, 'vae.pt')}",
                         f"--dit.objective={name}", f"--dit.steps={steps}", f"--out_dir={out}",
-                        f"--dit.ckpt_every={steps}", f"--dit.sample_every={steps}"])
+                        f"--dit.ckpt_every={steps}", f"--dit.sample_every={steps}",
+                        "--dit.compile=false"])  # eager, as the probe timed it: no compile minutes in the budget
         with open(os.path.join(out, "metrics.jsonl")) as f:
             log = [r for r in map(json.loads, f) if r.get("stage") == "dit" and "step_s" in r]
         log = log[max(i for i, r in enumerate(log) if r["step"] == 1):]  # the last run only

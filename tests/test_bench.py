@@ -267,5 +267,18 @@ def test_objectives_reuse_the_run_and_score_each(val, images, tmp_path, monkeypa
     assert flow["steps"] >= 1 and flow["train_minutes"] > 0 and flow["sample_s_per_video"] > 0
     assert 0 <= flow["both"] <= 1
     assert report["rows"]["real val (judge ceiling)"]["axis"] == 1.0 and report["judged"]["flow"]["n"] == 20
-    assert (tmp_path / "bench" / "objectives" / "flow" / "dit.pt").is_file()
+    cached = tmp_path / "bench" / "objectives" / "flow" / "dit.pt"
+    assert cached.is_file()
     assert "sample s/video" in capsys.readouterr().out
+    again = ["objectives", "--run", str(run), "--minutes", "0.01", "--n", "1", "--probe", "1", "--objectives", "flow",
+             "--out", str(tmp_path / "bench")]
+    bench.main(again)  # same run: the cached model is scored, not retrained
+    assert "scoring it as it is" in capsys.readouterr().out
+    ckpt = torch.load(cached, weights_only=False)
+    first = next(iter(ckpt["vae"]))
+    original = ckpt["vae"][first].clone()
+    ckpt["vae"][first] = original + 1  # as if trained on another run's VAE
+    torch.save(ckpt, cached)
+    bench.main(again)
+    assert "trained on another run's latents" in capsys.readouterr().out
+    assert torch.equal(torch.load(cached, weights_only=False)["vae"][first], original)  # retrained on this run's
