@@ -518,17 +518,17 @@ def peak_mib(fn, device):
     return max(itertools.accumulate((n for _, n in trace), initial=0)) / 2 ** 20
 
 
-def backward_step(model, loss_fn, device, precision, optimizer=None):
-    """fn() running one training step: loss_fn() under autocast, backward, the optimizer's update if given
-    (speed leaves it out: it costs the same whatever the model computes), then the gradients dropped."""
+def backward_step(model, loss_fn, device, precision, optimizers=()):
+    """fn() running one training step: loss_fn() under autocast, backward, the optimizers' updates if given
+    (speed leaves them out: they cost the same whatever the model computes), then the gradients dropped."""
     import train
 
     def step():
         with train.autocast(device, precision):
             loss = loss_fn()
         loss.backward()  # outside autocast, as in train.py
-        if optimizer is not None:
-            optimizer.step()
+        for opt in optimizers:
+            opt.step()
         model.zero_grad(set_to_none=True)
     return step
 
@@ -739,7 +739,7 @@ def run_objectives(args):
             model, x0, _, ids, mask = dit_inputs(cfg, vae, cfg.dit.batch_size, device)
             objective = train.build_objective(dataclasses.asdict(cfg.dit) | {"objective": name})
             step = backward_step(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), device, cfg.dtype,
-                                 torch.optim.AdamW(model.parameters(), lr=cfg.dit.lr, fused=True))
+                                 train.dit_optimizers(model, cfg.dit))
             step_s = seconds(step, device, args.probe, reduce=lambda times: sum(times) / len(times))  # the mean: a plan
             steps = max(1, round(60 * args.minutes / step_s))
             print(f"{name}: {step_s:.3f} s per step in the probe -> {steps} steps for {args.minutes} minutes")

@@ -12,8 +12,8 @@ expert transformer of 02_dit.py with one of three objectives (03 ddpm, 04 flow,
 05 pyramid) and writes OUT/dit.pt, which sample.py turns into GIFs.
 
 Data parallel (DDP) under torchrun, plain `python train.py` too; mixed precision
-(bf16 autocast on CPU and GPU, fp16 with a GradScaler); EMA weights for sampling;
-checkpoints written atomically that resume bit-exactly.
+(bf16 autocast on CPU and GPU, fp16 with a GradScaler); AdamW, or Muon for the DiT's
+hidden matrices; EMA weights for sampling; checkpoints written atomically that resume bit-exactly.
 """
 import argparse
 import copy
@@ -111,6 +111,7 @@ class DiTConfig:
     steps: int = 2000
     compile: bool = False            # torch.compile the training step: ~80 s once on a 2-core CPU, then faster steps
     lr_decay: float = 1.0            # fraction of the steps (after warm-up) spent in the cosine decay; 0 = constant
+    optimizer: str = "adamw"         # adamw | muon: Muon for the matrices inside the transformer layers, AdamW for the rest
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     sample_steps: int = 25
@@ -137,7 +138,7 @@ class Config:
     dit: DiTConfig = field(default_factory=DiTConfig)
 
 
-CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
+CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"), "dit.optimizer": ("adamw", "muon"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
            "dit.t_sampling": ("uniform", "logit_normal")}
 RANGES = {"dit.lr_decay": (0.0, 1.0)}
@@ -341,9 +342,10 @@ def lr_at(step, base, warmup, total, decay=1.0):
 
 
 # ----------------------------------------------------------------------------- one optimiser step
-def train_step(model, optimizer, scaler, loss_fn, micro_batches, device, dtype, clip):
+def train_step(model, optimizers, scaler, loss_fn, micro_batches, device, dtype, clip):
     """Gradient accumulation over micro-batches; DDP all-reduces only on the last one (no_sync)."""
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
     total, logs = 0.0, {}
     for i, micro in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -355,9 +357,11 @@ def train_step(model, optimizer, scaler, loss_fn, micro_batches, device, dtype, 
         total += loss.item() / len(micro_batches)
         for k, v in micro_logs.items():
             logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
-    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+    for opt in optimizers:
+        scaler.unscale_(opt)    # clip the true gradients, not the fp16-scaled ones
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    scaler.step(optimizer)      # skipped by the scaler if fp16 gradients overflowed
+    for opt in optimizers:
+        scaler.step(opt)        # skipped by the scaler if fp16 gradients overflowed
     scaler.update()
     return total, {**logs, "grad_norm": grad_norm.item()}
 
@@ -366,6 +370,61 @@ def train_step(model, optimizer, scaler, loss_fn, micro_batches, device, dtype, 
 def ema_update(ema, model, decay):
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach().float(), 1 - decay)
+
+
+@torch.no_grad()
+def orthogonalize(G, steps=5):
+    """Newton-Schulz: map a stack G (k, m, n) with m <= n to about U V^T of each SVD, singular values near 1."""
+    a, b, c = 3.4445, -4.7750, 2.0315  # Jordan et al.'s quintic: steep at 0, so 5 steps bring all values to 0.7-1.2
+    X = G.bfloat16()
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius >= spectral norm: all singular values <= 1
+    for _ in range(steps):
+        A = X @ X.mT                                     # (k, m, m): the small side, hence m <= n
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)      # b A + c A^2, fused
+        X = torch.baddbmm(X, B, X, beta=a)               # a X + B X
+    return X
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024): Nesterov momentum, then each weight matrix's update is orthogonalized, so it
+    moves every direction of the matrix by the same amount instead of mostly the few largest ones.
+
+    Only for the 2D weights inside transformer layers; embeddings, biases, norms and the output layer stay with
+    AdamW. Updates are scaled by 0.2 sqrt(max(m, n)) (Liu et al. 2025, Moonlight) to AdamW's RMS, so AdamW's
+    learning rate and schedule carry over. Same-shaped matrices are orthogonalized together in one batched matmul.
+    """
+    def __init__(self, params, lr, momentum=0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+        shapes = [tuple(p.shape) for group in self.param_groups for p in group["params"] if p.ndim != 2]
+        if shapes:
+            raise ValueError(f"Muon orthogonalizes matrices only; give these to AdamW: shapes {shapes}")
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            by_shape = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                by_shape.setdefault(p.shape, []).append((p, p.grad.add(buf, alpha=group["momentum"])))
+            for (m, n), pairs in by_shape.items():
+                G = torch.stack([g for _, g in pairs])                          # (k, m, n)
+                O = orthogonalize(G) if m <= n else orthogonalize(G.mT).mT
+                for (p, _), o in zip(pairs, O):
+                    p.add_(o.to(p.dtype), alpha=-group["lr"] * 0.2 * max(m, n) ** 0.5)
+
+
+def dit_optimizers(model, d):
+    """AdamW for all; or Muon for the matrices inside the DiT's blocks and text layers and AdamW for the rest."""
+    adamw = dict(lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
+    if d.optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), **adamw)]
+    hidden = [p for name, p in model.named_parameters()
+              if p.ndim == 2 and name.startswith(("blocks.", "text_encoder.layers."))]
+    ids = {id(p) for p in hidden}
+    return [torch.optim.AdamW([p for p in model.parameters() if id(p) not in ids], **adamw), Muon(hidden, lr=d.lr)]
 
 
 # ----------------------------------------------------------------------------- models
@@ -514,11 +573,11 @@ def train_vae(cfg, rank, world, device, resume):
             return criterion(micro, recon, posterior, step, last_layer)
 
         micro = list(x.chunk(v.grad_accum))
-        loss, logs = train_step(model, opt, scaler, vae_loss, micro, device, cfg.dtype, cfg.clip_grad)
+        loss, logs = train_step(model, [opt], scaler, vae_loss, micro, device, cfg.dtype, cfg.clip_grad)
         if disc is not None and step >= v.disc_start:
             def disc_loss(m, pair):
                 return criterion.disc_loss(pair[0], pair[1], step, m), {}
-            logs["disc_loss"], _ = train_step(disc_model, opt_d, scaler_d, disc_loss, list(zip(micro, recons)),
+            logs["disc_loss"], _ = train_step(disc_model, [opt_d], scaler_d, disc_loss, list(zip(micro, recons)),
                                               device, cfg.dtype, cfg.clip_grad)
         loss = mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
@@ -652,14 +711,20 @@ def train_dit(cfg, rank, world, device, resume):
     model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latents.shape[1]).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     objective = build_objective(dataclasses.asdict(d))
-    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
+    opts = dit_optimizers(model, d)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
     start = 0
     if resume and os.path.isfile(path):
         ckpt = load_checkpoint(path, "dit")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
+        saved = ckpt["optimizer"]
+        saved = [saved] if isinstance(saved, dict) else saved  # checkpoints from before Muon hold one AdamW state
+        was = ckpt["config"]["dit"].get("optimizer", "adamw")
+        if len(saved) != len(opts):
+            raise ValueError(f"{path} was trained with dit.optimizer={was}, not {d.optimizer}: resume with --dit.optimizer={was}")
+        for opt, state_dict in zip(opts, saved):
+            opt.load_state_dict(state_dict)
         scaler.load_state_dict(ckpt["scaler"])
         start = ckpt["step"]
         resume_rng(ckpt, rank, world)
@@ -693,18 +758,18 @@ def train_dit(cfg, rank, world, device, resume):
 
     def state(step):
         return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=model.state_dict(),
-                    ema=ema.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                    ema=ema.state_dict(), optimizer=[o.state_dict() for o in opts], scaler=scaler.state_dict(),
                     rng=all_rng_states(), data_position=data_position(step, len(dataset), d.batch_size),
                     tokenizer=tokenizer.state_dict(), tokenizer_file=tok_path, vocab_size=tokenizer.vocab_size,
                     latent_shape=latent_shape, vae=vae_ckpt["model"], vae_config=vae_ckpt["config"],
                     scaling_factor=float(vae.scaling_factor))
 
     for step in range(start, d.steps):
-        for group in opt.param_groups:
+        for group in (g for opt in opts for g in opt.param_groups):
             group["lr"] = lr_at(step, d.lr, d.warmup, d.steps, d.lr_decay)
         x0, b_ids, b_mask = (t.to(device) for t in next(data))
         micro = list(zip(x0.float().chunk(d.grad_accum), b_ids.chunk(d.grad_accum), b_mask.chunk(d.grad_accum)))
-        loss, logs = train_step(ddp_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
+        loss, logs = train_step(ddp_model, opts, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
         # warm the decay up: a plain 0.999 would still hold 13% of the random init after 2000 steps
         ema_update(ema, model, min(d.ema_decay, (1 + step) / (10 + step)))
         loss = mean_over_ranks(loss, device)

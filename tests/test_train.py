@@ -110,9 +110,10 @@ def test_sample_py_keeps_repeated_prompts_apart(vae_ckpt, tmp_path):
     assert len([f for f in os.listdir(tmp_path / "gifs") if f.endswith(".gif")]) == 2
 
 
-def test_resume_is_bitwise_identical(vae_ckpt, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bitwise_identical(optimizer, vae_ckpt, tmp_path, monkeypatch):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    args = ["--stage", "dit", f"--dit.vae_ckpt={vae_ckpt}"]
+    args = ["--stage", "dit", f"--dit.vae_ckpt={vae_ckpt}", f"--dit.optimizer={optimizer}"]
     train.main(["--config", toy_config(straight)] + args)
 
     save = train.save_checkpoint
@@ -136,8 +137,14 @@ def test_resume_is_bitwise_identical(vae_ckpt, tmp_path, monkeypatch):
     for part in ("model", "ema"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    other = "adamw" if optimizer == "muon" else "muon"
+    with pytest.raises(ValueError, match=f"dit.optimizer={optimizer}"):
+        train.main(["--config", toy_config(broken), "--resume"] + args[:-1] + [f"--dit.optimizer={other}"])
+    assert len(a["optimizer"]) == (2 if optimizer == "muon" else 1)
+    for oa, ob in zip(a["optimizer"], b["optimizer"]):
+        for sa, sb in zip(oa["state"].values(), ob["state"].values()):
+            for key in sa:
+                assert torch.equal(sa[key], sb[key]), f"optimizer state {key} differs after resume"
 
 
 def test_two_process_ddp(vae_ckpt, tmp_path):
@@ -186,6 +193,32 @@ def test_config_errors_name_the_problem(tmp_path):
     cfg, _ = train.parse_args(["--config", os.path.join(ROOT, "tiny.yaml"), "--dit.steps=7", "--vae.lr=2e-4"])
     tiny = yaml.safe_load(open(os.path.join(ROOT, "tiny.yaml")))
     assert cfg.dit.steps == 7 and cfg.vae.lr == 2e-4 and cfg.data.frames == tiny["data"]["frames"]
+
+
+def test_muon_orthogonalizes_and_fits_a_linear_map():
+    """Newton-Schulz leaves singular values near 1 for wide, tall and stacked matrices; Muon + AdamW fit y = W x."""
+    torch.manual_seed(0)
+    for G in (torch.randn(1, 24, 64), torch.randn(3, 16, 40)):
+        s = torch.linalg.svdvals(train.orthogonalize(G).float())
+        assert s.min() > 0.6 and s.max() < 1.25, s
+    with pytest.raises(ValueError, match="matrices only"):
+        train.Muon([torch.nn.Parameter(torch.zeros(3))], lr=1e-2)
+    W = torch.randn(16, 32)
+    x = torch.randn(256, 32)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 16))
+    hidden = [model[0].weight, model[1].weight]  # a tall and a wide matrix
+    rest = [model[0].bias, model[1].bias]
+    opts = [torch.optim.AdamW(rest, lr=1e-2), train.Muon(hidden, lr=1e-2)]
+    losses = []
+    for _ in range(200):
+        loss = (model(x) - x @ W.T).pow(2).mean()
+        for opt in opts:
+            opt.zero_grad()
+        loss.backward()
+        for opt in opts:
+            opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
 
 
 def test_lr_schedule_warms_up_holds_then_decays():
