@@ -2,10 +2,12 @@
 
 The latent video (B, C, T, H, W) is cut into 2x2 patches (1 or 2 latent frames deep), one token each, and
 the caption is encoded by a small transformer trained from scratch (CogVideoX uses a frozen T5-XXL).
-Both go into one sequence [text; video] that full 3D attention mixes. "Expert" means text and video
-tokens share every weight except the adaLN modulation: each modality gets its own shift/scale/gate from
-the conditioning vector, timestep plus pooled caption as in HunyuanVideo (expert AdaLN). 3D RoPE tells
-video tokens where they are in (t, h, w); qk-norm keeps the attention logits bounded.
+Both go into one sequence [text; video] that full 3D attention mixes. "Expert" (CogVideoX's expert
+adaLN) means text and video tokens share every weight except the adaLN modulation: each modality gets
+its own shift/scale/gate from the conditioning vector. That vector is the timestep plus a pooled caption,
+the one idea taken from HunyuanVideo (whose transformer is different: dual-stream blocks, text and video
+with their own weights, then single-stream blocks). 3D RoPE tells video tokens where they are in
+(t, h, w); qk-norm keeps the attention logits bounded.
 
 For later files: `attention="factorized"` (spatial then temporal attention, the design CogVideoX argues
 against), `history=` and `causal=True` for Pyramid Flow's autoregressive temporal pyramid (05), and

@@ -14,7 +14,7 @@ with t = 0 .. T-1 running from almost clean to pure noise. CogVideoX (Yang et al
 - explicit uniform sampling: each global batch covers the T steps evenly, so the loss is less noisy;
 - DDIM (Song et al. 2021) with trailing timestep spacing, which starts at the pure-noise step.
 Classifier-free guidance (Ho & Salimans 2022) needs a "no caption" input; its helpers live here and
-train.py uses them for every objective.
+serve every objective, with Lin et al.'s guidance rescale, which zero terminal SNR needs at high guidance.
 
     python 03_diffusion.py    # prints and draws the noise schedules (runs/demo/schedules.png)
     python 04_flow.py         # trains this DDPM and 04's flow on a 2-D toy and compares them
@@ -83,8 +83,20 @@ def x0_eps_from_v(x_t, v, a):
     return a ** 0.5 * x_t - (1 - a) ** 0.5 * v, (1 - a) ** 0.5 * x_t + a ** 0.5 * v
 
 
-def guided_prediction(model, x, t, cond, uncond, cfg):
-    """Classifier-free guidance (Ho & Salimans 2022): pred_u + cfg (pred_c - pred_u).
+def rescale_guidance(guided, pred_c, phi):
+    """Guidance rescale (Lin et al. 2023, section 3.4): a large cfg inflates the prediction's scale, and with
+    zero terminal SNR that overexposes the frames. Rescale each sample's guided prediction to the standard
+    deviation of the conditional one, then mix: phi * rescaled + (1 - phi) * guided (phi = 0.7 in the paper;
+    0 is plain CFG). Applied to the model's output, v here and the velocity in 04 and 05, as diffusers does."""
+    if phi == 0:
+        return guided
+    dims = list(range(1, guided.dim()))
+    rescaled = guided * pred_c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    return phi * rescaled + (1 - phi) * guided
+
+
+def guided_prediction(model, x, t, cond, uncond, cfg, rescale=0.0):
+    """Classifier-free guidance (Ho & Salimans 2022): pred_u + cfg (pred_c - pred_u), optionally rescaled.
 
     One forward over the batch [cond; uncond] rather than two calls, so the model sees one big batch.
     cfg == 1 is the conditional prediction alone, and skips the unconditional half.
@@ -96,7 +108,7 @@ def guided_prediction(model, x, t, cond, uncond, cfg):
                          f"{None if uncond is None else sorted(uncond)}")
     both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
     pred_c, pred_u = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-    return pred_u + cfg * (pred_c - pred_u)
+    return rescale_guidance(pred_u + cfg * (pred_c - pred_u), pred_c, rescale)
 
 
 def null_caption(batch, max_len, device=None):
@@ -152,7 +164,8 @@ class GaussianDiffusion(nn.Module):
         return F.mse_loss(pred.float(), v_target(x0, eps, a).float())
 
     @torch.no_grad()
-    def sample(self, model, shape, cond, uncond=None, steps=50, cfg=1.0, generator=None, progress=False):
+    def sample(self, model, shape, cond, uncond=None, steps=50, cfg=1.0, cfg_rescale=0.0, generator=None,
+               progress=False):
         """Draw x0 of the given shape from pure noise: DDIM (eta = 0) or ancestral DDPM (Algorithm 2).
 
         Both are one formula (Song et al. 2021, eq. 12) for a jump t -> s < t:
@@ -174,7 +187,7 @@ class GaussianDiffusion(nn.Module):
             a_t = a_table[t]
             a_s = a_table[ts[i + 1]] if i + 1 < steps else 1.0  # the last jump lands on clean data
             t_batch = torch.full((shape[0],), float(t), device=device)
-            v = guided_prediction(model, x, t_batch, cond, uncond, cfg).float()
+            v = guided_prediction(model, x, t_batch, cond, uncond, cfg, cfg_rescale).float()
             x0, eps = x0_eps_from_v(x, v, a_t)
             sigma2 = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s) if self.sampler == "ddpm" else 0.0
             x = a_s ** 0.5 * x0 + max(1 - a_s - sigma2, 0.0) ** 0.5 * eps

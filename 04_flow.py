@@ -21,6 +21,7 @@ The model receives 1000 t, the scale of DDPM's step index, so one timestep embed
     python 04_flow.py   # flow vs 03's DDPM on a 2-D toy: prints the distance (MMD) of samples to held-out
                         # data at 5-50 sampling steps, writes runs/demo/flow_vs_diffusion.png (about a minute)
 """
+import importlib
 import math
 
 import torch
@@ -29,26 +30,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+diffusion = importlib.import_module("03_diffusion")  # the DDPM this file is compared with (demo)
+# classifier-free guidance, with Lin et al.'s rescale: the same for a velocity as for 03's v-prediction
+guided_prediction = diffusion.guided_prediction
+
 
 def shift_time(t, shift):
     """t' = s t / (1 + (s - 1) t): s = 1 is the identity, s > 1 spends more steps near noise (t = 1)."""
     return shift * t / (1 + (shift - 1) * t)
-
-
-def guided_prediction(model, x, t, cond, uncond, cfg):
-    """Classifier-free guidance (Ho & Salimans 2022): pred_u + cfg (pred_c - pred_u).
-
-    One forward over the batch [cond; uncond] rather than two calls, so the model sees one big batch.
-    cfg == 1 is the conditional prediction alone, and skips the unconditional half.
-    """
-    if cfg == 1.0:
-        return model(x, t, **cond)
-    if uncond is None or uncond.keys() != cond.keys():
-        raise ValueError(f"cfg={cfg} needs uncond with the same keys as cond ({sorted(cond)}), got "
-                         f"{None if uncond is None else sorted(uncond)}")
-    both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
-    pred_c, pred_u = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-    return pred_u + cfg * (pred_c - pred_u)
 
 
 class RectifiedFlow(nn.Module):
@@ -58,15 +47,18 @@ class RectifiedFlow(nn.Module):
     rank / world_size stratify t over the global batch as 03's explicit uniform sampling does.
     """
 
-    def __init__(self, t_sampling="uniform", shift=1.0, solver="euler", logit_mean=0.0, logit_std=1.0):
+    def __init__(self, t_sampling="uniform", shift=1.0, solver="euler", logit_mean=0.0, logit_std=1.0,
+                 sample_shift=None):
         super().__init__()
         if t_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"t_sampling must be 'uniform' or 'logit_normal', got {t_sampling!r}")
-        if shift <= 0:
-            raise ValueError(f"shift must be > 0, got {shift}")
+        if shift <= 0 or (sample_shift is not None and sample_shift <= 0):
+            raise ValueError(f"shift and sample_shift must be > 0, got {shift} and {sample_shift}")
         if solver not in ("euler", "heun"):
             raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
         self.t_sampling, self.shift, self.solver = t_sampling, shift, solver
+        # the sampler's grid may be shifted differently from training's t (None: the same shift for both)
+        self.sample_shift = shift if sample_shift is None else sample_shift
         self.logit_mean, self.logit_std = logit_mean, logit_std
 
     def sample_t(self, batch, rank=0, world_size=1, generator=None, device=None):
@@ -95,7 +87,8 @@ class RectifiedFlow(nn.Module):
         return F.mse_loss(pred.float(), (eps - x0).float())
 
     @torch.no_grad()
-    def sample(self, model, shape, cond, uncond=None, steps=50, cfg=1.0, generator=None, progress=False):
+    def sample(self, model, shape, cond, uncond=None, steps=50, cfg=1.0, cfg_rescale=0.0, generator=None,
+               progress=False):
         """Integrate dx/dt = v from t = 1 (noise) to t = 0 on the shifted grid; returns x0 (shape).
 
         Heun (Karras et al. 2022) averages the velocities at both ends of a step, second order for one
@@ -110,9 +103,9 @@ class RectifiedFlow(nn.Module):
 
         def velocity(x, t):
             t_batch = torch.full((shape[0],), 1000 * t, device=device)
-            return guided_prediction(model, x, t_batch, cond, uncond, cfg).float()
+            return guided_prediction(model, x, t_batch, cond, uncond, cfg, cfg_rescale).float()
 
-        ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), self.shift).tolist()
+        ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), self.sample_shift).tolist()
         for t, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc="flow", disable=not progress):
             v = velocity(x, t)
             if self.solver == "heun" and t_next > 0:
@@ -201,11 +194,9 @@ def scatter_panel(points, label, title, size=200, extent=2.4):
 
 
 if __name__ == "__main__":
-    import importlib
     import os
     import time
 
-    diffusion = importlib.import_module("03_diffusion")  # the course exercise: compare with DDPM
     STEPS = (5, 10, 25, 50)
     held_out, held_label = eight_gaussians(4000, torch.Generator().manual_seed(123))
     another, _ = eight_gaussians(4000, torch.Generator().manual_seed(456))

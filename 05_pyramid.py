@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 shift_time = importlib.import_module("04_flow").shift_time  # the timestep shift of 04: s t / (1 + (s - 1) t)
+rescale_guidance = importlib.import_module("03_diffusion").rescale_guidance  # Lin et al.'s guidance rescale
 
 GAMMA = 1 / 3  # block-noise correlation: the largest valid value, and the one that makes every 2x2 block of n' sum to 0
 
@@ -203,27 +204,28 @@ class PyramidFlow(nn.Module):
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return self.alphas[k] * x + self.betas[k] * block_noise(z)
 
-    def velocity(self, model, x, t, cond, history, cfg):
+    def velocity(self, model, x, t, cond, history, cfg, cfg_rescale=0.0):
         """Model velocity with classifier-free guidance, v = v_uncond + cfg (v_cond - v_uncond), in one forward
-        over [cond; uncond] (cond already holds both halves when cfg != 1). Cast to x's dtype, since under
-        autocast the model answers in bf16."""
+        over [cond; uncond] (cond already holds both halves when cfg != 1), optionally rescaled (03). Cast to
+        x's dtype, since under autocast the model answers in bf16."""
         if cfg == 1:
             return model(x, t, **cond, history=history, causal=True).to(x.dtype)
         pred = model(torch.cat([x, x]), torch.cat([t, t]), **cond,
                      history=[torch.cat([h, h]) for h in history], causal=True).to(x.dtype)
         v_cond, v_uncond = pred.chunk(2)
-        return v_uncond + cfg * (v_cond - v_uncond)
+        return rescale_guidance(v_uncond + cfg * (v_cond - v_uncond), v_cond, cfg_rescale)
 
-    def euler(self, model, x, k, cond, history, steps, cfg=1.0):
+    def euler(self, model, x, k, cond, history, steps, cfg=1.0, cfg_rescale=0.0):
         """Euler through stage k from its start (r = 1) to its end (r = 0): dx/dr = start - end = v."""
         for i in range(steps):
             r, r_next = 1 - i / steps, 1 - (i + 1) / steps
             t = torch.full((x.shape[0],), self.timestep(k, r), device=x.device)  # (B,)
-            x = x + (r_next - r) * self.velocity(model, x, t, cond, history, cfg)
+            x = x + (r_next - r) * self.velocity(model, x, t, cond, history, cfg, cfg_rescale)
         return x
 
     @torch.no_grad()
-    def sample(self, model, shape, cond, uncond=None, steps=20, cfg=1.0, generator=None, progress=False):
+    def sample(self, model, shape, cond, uncond=None, steps=20, cfg=1.0, cfg_rescale=0.0, generator=None,
+               progress=False):
         """Generate latents of `shape` (B, C, T, H, W), one latent frame at a time, each coarse to fine with
         `steps` Euler steps per stage. The first frame has no history; frame f sees frames 0..f-1."""
         B, C, T, H, W = self.check_shape(shape)
@@ -241,7 +243,7 @@ class PyramidFlow(nn.Module):
                 if k > 0:
                     x = self.renoise(x, k, generator)
                 history = [down(frames[j], levels - s) for j, s in enumerate(history_stages(f, k))]
-                x = self.euler(model, x, k, cond, history, steps, cfg)
+                x = self.euler(model, x, k, cond, history, steps, cfg, cfg_rescale)
             frames.append(x)
         return torch.cat(frames, dim=2)  # (B, C, T, H, W)
 

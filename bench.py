@@ -1,4 +1,4 @@
-"""Benchmarks that fill the README's results table (DESIGN.md section 12).
+"""Benchmarks that fill the README's results table and docs/.
 
     python bench.py quality                      # the judge's ceiling: real validation videos
     python bench.py quality --ckpt OUT/dit.pt    # + generated videos for the 20 single-digit prompts
@@ -23,6 +23,7 @@ objectives: a finished run's DiT trained with each objective for the same wall t
 latents, then scored by quality() -> runs/bench/objectives.json.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -41,6 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+import sample
+import train
 from data.moving_mnist import AXES, DIGIT, MovingMNIST, caption, load_mnist
 
 # ----------------------------------------------------------------------------- quality: the judge
@@ -394,7 +397,7 @@ def quality(generate_fn=None, n_per_prompt=8, frames=17, seed=0, model=None, rec
     real = real_videos(prompts, frames, skip=n_per_prompt)
     rows = {"real": judge(real, prompts, model, reference)}
     if reconstruct_fn is not None:
-        # ---- the VAE's ceiling (DESIGN.md section 12): nothing decoded by this VAE can score above this row
+        # ---- the VAE's ceiling: nothing decoded by this VAE can score above this row
         rows["vae"] = judge(reconstruct_fn(real).float().cpu().clamp(-1, 1), prompts, model, reference)
     if generated is not None:
         rows["generated"] = dict(judge(generated, prompts, model, reference), generate_s=generate_s)
@@ -407,20 +410,19 @@ def load_generator(ckpt, steps=None, cfg=None):
     Sampling uses sample.py's defaults for steps and guidance unless told otherwise, so the
     table scores exactly what `python sample.py --ckpt ...` writes.
     """
-    import sample
-    import train
     defaults = sample.parser().parse_args(["--ckpt", ckpt])
-    steps, cfg = steps or defaults.steps, defaults.cfg if cfg is None else cfg
-    device = torch.device(defaults.device)
+    device = sample.pick_device(defaults.device)
     model, objective, vae, tokenizer, config, latent_shape = sample.load(ckpt, device)
+    d = config["dit"]
+    steps, cfg = steps or defaults.steps, d.get("sample_cfg", 8.0) if cfg is None else cfg
 
     def generate_fn(prompts, seed):
-        return train.generate(model, objective, vae, tokenizer, prompts, latent_shape, config["dit"]["text_len"],
-                              steps, cfg, seed, device, config["dtype"])
+        return sample.generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], steps, cfg,
+                               seed, device, config["dtype"], d.get("sample_cfg_rescale", 0.0))
 
     @torch.no_grad()
-    def reconstruct_fn(videos):  # the VAE ceiling (DESIGN.md section 12)
-        with train.autocast(device, config["dtype"]):
+    def reconstruct_fn(videos):  # the VAE's ceiling: no video this VAE decodes can score above it
+        with sample.autocast(device, config["dtype"]):
             return torch.cat([vae.decode(vae.encode(v.to(device)).mode()).float().cpu() for v in videos.split(32)])
 
     return generate_fn, reconstruct_fn
@@ -472,7 +474,7 @@ def write_report(report, path, begin):
 
 
 # ----------------------------------------------------------------------------- speed
-PRECISIONS = ("fp32", "bf16")  # train.autocast's names: fp32 runs without autocast, bf16 under bf16 autocast
+PRECISIONS = ("fp32", "bf16")  # sample.autocast's names: fp32 runs without autocast, bf16 under bf16 autocast
 OBJECTIVES = ("ddpm", "flow", "pyramid")
 
 
@@ -503,6 +505,21 @@ def seconds(fn, device, reps, reduce=min, warmup=True):
     return reduce(times)
 
 
+@contextlib.contextmanager
+def silent_fd(fd):
+    """Discard what C++ code writes to a file descriptor: the profiler logs its own start and stop lines to
+    stderr, past Python's sys.stderr, between the tables."""
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def peak_mib(fn, device):
     """Peak memory one call of fn allocates above what was held before (weights, inputs), in MiB. CUDA: the
     allocator's peak. CPU: the profiler's trace of every allocation and free summed in time order (its per-op
@@ -512,7 +529,7 @@ def peak_mib(fn, device):
         torch.cuda.reset_peak_memory_stats()
         fn()
         return (torch.cuda.max_memory_allocated() - held) / 2 ** 20
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with silent_fd(2), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     trace = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     return max(itertools.accumulate((n for _, n in trace), initial=0)) / 2 ** 20
@@ -521,10 +538,9 @@ def peak_mib(fn, device):
 def backward_step(model, loss_fn, device, precision, optimizers=()):
     """fn() running one training step: loss_fn() under autocast, backward, the optimizers' updates if given
     (speed leaves them out: they cost the same whatever the model computes), then the gradients dropped."""
-    import train
 
     def step():
-        with train.autocast(device, precision):
+        with sample.autocast(device, precision):
             loss = loss_fn()
         loss.backward()  # outside autocast, as in train.py
         for opt in optimizers:
@@ -540,12 +556,11 @@ def params(module):
 def dit_inputs(cfg, vae, batch, device):
     """The config's DiT and random training inputs (x0, t, ids, mask) for latents of the config's videos:
     (latent channels, 1 + (frames - 1) / tc, size / s, size / s)."""
-    import train
     s = cfg.data.size // vae.space_compression
     x0 = torch.randn(batch, cfg.vae.latent_channels, 1 + (cfg.data.frames - 1) // vae.time_compression, s, s,
                      device=device)
     ids = torch.randint(2, cfg.dit.vocab_size, (batch, cfg.dit.text_len), device=device)
-    model = train.build_dit(dataclasses.asdict(cfg.dit), cfg.dit.vocab_size, x0.shape[1]).to(device)
+    model = sample.build_dit(dataclasses.asdict(cfg.dit), cfg.dit.vocab_size, x0.shape[1]).to(device)
     return model, x0, 1000 * torch.rand(batch, device=device), ids, torch.ones_like(ids, dtype=torch.bool)
 
 
@@ -575,7 +590,6 @@ def diffusers_steps(cfg, x, model, x0, t, device):
     it reads precomputed text embeddings (CogVideoX: T5) where ours runs its text encoder (text_depth
     layers over text_len tokens, in our time); no padding mask; timestep features dim wide, ours 256."""
     import diffusers
-    import train
     v, d, c = cfg.vae, cfg.dit, cfg.data.channels * cfg.vae.patch ** 2
     vae = diffusers.AutoencoderKLCogVideoX(
         in_channels=c, out_channels=c, down_block_types=("CogVideoXDownBlock3D",) * len(v.channels),
@@ -590,7 +604,7 @@ def diffusers_steps(cfg, x, model, x0, t, device):
         time_embed_dim=d.dim, text_embed_dim=d.dim, num_layers=d.depth, patch_size=p,
         patch_size_t=None if pt == 1 else pt, max_text_seq_length=d.text_len,
         use_rotary_positional_embeddings=True).to(device)
-    pos = torch.cat([train.dit_lib.frame_positions(f, H // p, W // p, H // p, W // p, device) for f in range(T // pt)])
+    pos = torch.cat([sample.dit_lib.frame_positions(f, H // p, W // p, H // p, W // p, device) for f in range(T // pt)])
     angles = model.rope(pos).repeat_interleave(2, -1)  # (N, head_dim): both rotate interleaved channel pairs
     rope, text = (angles.cos(), angles.sin()), torch.randn(B, d.text_len, d.dim, device=device)
     frames_first = x0.transpose(1, 2)  # their transformer takes (B, T, C, H, W)
@@ -599,7 +613,6 @@ def diffusers_steps(cfg, x, model, x0, t, device):
 
 
 def run_speed(args):
-    import train
     begin = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, _ = train.parse_args(["--config", args.config])
@@ -621,7 +634,7 @@ def run_speed(args):
     table(f"matmul peak, {n} x {n} x {n}", {p: {"GFLOP/s": g} for p, g in peak.items()})
 
     # ---- VAE: one training step (MSE reconstruction through the sampled latent) on the config's clips
-    vae = train.build_vae(dataclasses.asdict(cfg)).to(device)
+    vae = sample.build_vae(dataclasses.asdict(cfg)).to(device)
     b, t, size = args.batch or cfg.vae.batch_size, cfg.vae.frames, cfg.data.size
     x = torch.rand(b, cfg.data.channels, t, size, size, device=device) * 2 - 1
     report["vae"] = dict(params=params(vae), batch=b, frames=t, size=size)
@@ -636,7 +649,7 @@ def run_speed(args):
         for chunk in (None, args.chunk):
             @torch.no_grad()
             def codec(video=video, chunk=chunk):
-                with train.autocast(device, "bf16"):
+                with sample.autocast(device, "bf16"):
                     vae.decode(vae.encode(video, chunk).mode(), chunk)
             s = seconds(codec, device, args.reps)
             rows[f"{frames} frames, " + (f"chunks of {chunk}" if chunk else "one pass")] = dict(
@@ -662,18 +675,18 @@ def run_speed(args):
 
     # ---- objectives: the same DiT trained and sampled through each (pyramid: sample_steps per stage)
     n = min(20, b)  # sampling batch: the quality table samples its 20 prompts at once
-    null_ids, null_mask = train.diffusion.null_caption(n, L, device)
+    null_ids, null_mask = sample.diffusion.null_caption(n, L, device)
     rows = report["objectives_bf16"] = {}
     for name in OBJECTIVES:
-        objective = train.build_objective(dataclasses.asdict(d) | {"objective": name})
+        objective = sample.build_objective(dataclasses.asdict(d) | {"objective": name})
 
-        def sample(steps):
-            with train.autocast(device, "bf16"):
+        def draw(steps):
+            with sample.autocast(device, "bf16"):
                 objective.sample(model, (n, C, T, H, W), dict(ids=ids[:n], mask=mask[:n]),
                                  uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=d.sample_cfg)
         rows[name] = figures(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), "bf16", samples=b)
-        sample(1)  # the warm-up at one step: a whole sampling run is long
-        rows[name]["sample_s_per_video"] = seconds(lambda: sample(d.sample_steps), device, 1, warmup=False) / n
+        draw(1)  # the warm-up at one step: a whole sampling run is long
+        rows[name]["sample_s_per_video"] = seconds(lambda: draw(d.sample_steps), device, 1, warmup=False) / n
     table(f"objectives, bf16: training step at batch {b}; sampling, {d.sample_steps} steps with guidance, "
           f"batch {n}", rows)
 
@@ -682,7 +695,7 @@ def run_speed(args):
     sizes = {f"{args.config}: {T}x{H}x{W}, K={d.pyramid_stages}": (T, H, W, d.pyramid_stages, p),
              "CogVideoX 49x480x720: 13x60x90, K=3": (13, 60, 90, 3, 2)}
     for name, (t_, h_, w_, k_, p_) in sizes.items():
-        per_stage, per_step, full = train.pyramid.token_counts(t_, h_, w_, k_, p_)
+        per_stage, per_step, full = sample.pyramid.token_counts(t_, h_, w_, k_, p_)
         rows[name] = dict(per_frame_by_stage=str(per_stage), longest_call=per_step[-1][-1],
                           mean_call=sum(map(sum, per_step)) / (t_ * k_), full_sequence=full,
                           full_over_longest=full / per_step[-1][-1])
@@ -711,21 +724,20 @@ def run_speed(args):
 
 # ----------------------------------------------------------------------------- objectives
 def run_objectives(args):
-    import train
     begin, run = time.perf_counter(), args.run_dir
     for f in ("config.yaml", "vae.pt", "latents.pt", "tokenizer.json"):
         if not os.path.isfile(os.path.join(run, f)):
             raise SystemExit(f"{run} is not a finished run: {f} is missing (train.py writes it)")
     config = os.path.join(run, "config.yaml")  # the run's resolved config: the latent cache's key will match
     cfg, _ = train.parse_args(["--config", config])
-    device = train.pick_device(cfg, 0)
+    device = sample.pick_device(cfg.device)
     judge_model, info = load_judge(os.path.join(args.out, "judge.pt"))
-    run_vae = train.fingerprint(train.load_checkpoint(os.path.join(run, "vae.pt"), "vae")["model"])
+    run_vae = train.fingerprint(sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae")["model"])
     rows, judged = {}, {}
     for name in args.objectives:
         out = os.path.join(args.out, "objectives", name)
         ckpt = os.path.join(out, "dit.pt")
-        if os.path.isfile(ckpt) and train.fingerprint(train.load_checkpoint(ckpt, "dit")["vae"]) != run_vae:
+        if os.path.isfile(ckpt) and train.fingerprint(sample.load_checkpoint(ckpt, "dit")["vae"]) != run_vae:
             print(f"{ckpt} was trained on another run's latents (its VAE differs from {run}'s): training it afresh")
             shutil.rmtree(out)
         if os.path.isfile(ckpt):
@@ -735,11 +747,12 @@ def run_objectives(args):
             for f in ("latents.pt", "tokenizer.json"):
                 shutil.copy(os.path.join(run, f), out)
             # the step count from a probe: the run's DiT, batch and precision on random latents, optimizer included
-            vae = train.build_vae(dataclasses.asdict(cfg))  # untrained: only its compression is read
+            vae = sample.build_vae(dataclasses.asdict(cfg))  # untrained: only its compression is read
             model, x0, _, ids, mask = dit_inputs(cfg, vae, cfg.dit.batch_size, device)
-            objective = train.build_objective(dataclasses.asdict(cfg.dit) | {"objective": name})
+            objective = sample.build_objective(dataclasses.asdict(cfg.dit) | {"objective": name})
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.dit.lr, fused=True)
             step = backward_step(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), device, cfg.dtype,
-                                 train.dit_optimizers(model, cfg.dit))
+                                 [opt])
             step_s = seconds(step, device, args.probe, reduce=lambda times: sum(times) / len(times))  # the mean: a plan
             steps = max(1, round(60 * args.minutes / step_s))
             print(f"{name}: {step_s:.3f} s per step in the probe -> {steps} steps for {args.minutes} minutes")

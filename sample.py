@@ -1,38 +1,149 @@
-"""sample.py: prompts in, GIFs out.
+"""sample.py: prompts in, GIFs out; and the model building that train.py shares.
 
-    python sample.py --ckpt runs/tiny/dit.pt --prompt "digit 3 is moving up and down" --n 4 --steps 50 --cfg 8 --seed 0 --out samples/
+    python sample.py --ckpt data/pretrained/tiny.pt --prompt "digit 3 is moving up and down"
+    python sample.py --ckpt runs/tiny/dit.pt --prompt "digit 7 is moving left and right" --n 4 --steps 50 --cfg 8
     python sample.py --ckpt runs/tiny/dit.pt --prompts prompts.txt     # one prompt a line, batched
 
 For each prompt p and sample i it writes `<out>/<slug>_<i>.gif` and `<slug>_<i>.txt`
 (the exact prompt: the video-folder format data/video_folder.py reads), and one
 `contact_sheet.png` with a row per prompt. Everything else (objective, latent
-size, VAE, tokenizer) comes from the checkpoint; the EMA weights are used.
-The same seed gives the same videos.
+size, VAE, tokenizer, default guidance and time shift) comes from the checkpoint;
+the EMA weights are used. The same seed gives the same videos.
 """
 import argparse
+import importlib
 import os
 import re
+import sys
 from collections import Counter
+from contextlib import nullcontext
 
 import torch
 from PIL import Image, ImageDraw
 
 from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
-from train import DiTConfig, build_dit, build_objective, generate, load_checkpoint, load_vae
+
+vae_lib = importlib.import_module("01_vae")
+dit_lib = importlib.import_module("02_dit")
+diffusion = importlib.import_module("03_diffusion")
+flow = importlib.import_module("04_flow")
+pyramid = importlib.import_module("05_pyramid")
 
 
-def load(path, device):
-    """(model, objective, vae, tokenizer, config, latent_shape) rebuilt from a dit.pt checkpoint."""
+# ----------------------------------------------------------------------------- runtime
+def pick_device(name="auto", local_rank=0):
+    """auto: CUDA, then Apple's MPS, then the CPU."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("error: device 'cuda' was asked for, but this torch sees no CUDA GPU; use auto or cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if name == "mps" or (name == "auto" and torch.backends.mps.is_available()):
+        if not torch.backends.mps.is_available():
+            raise SystemExit("error: device 'mps' was asked for, but this torch sees no Apple GPU; use auto or cpu")
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def check_dtype(device, dtype):
+    """fp16 needs a GPU; bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated, and far slower
+    than fp32 (a 2048^3 matmul: 0.17 s in fp32, minutes in bf16 on an AVX2-only EPYC)."""
+    if dtype == "fp16" and device.type == "cpu":
+        raise SystemExit("error: dtype fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
+    if dtype == "bf16" and device.type == "cpu":
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)() or \
+            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        if not native:
+            print("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 autocast is emulated "
+                  "and can be many times slower than fp32: pass --dtype=fp32", file=sys.stderr)
+
+
+def autocast(device, dtype):
+    """bf16 autocast runs on CPU and GPU alike; backward is called outside this context."""
+    if dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def load_checkpoint(path, kind):
+    """A checkpoint dict written by train.py, or a one-line error naming the file and what is wrong."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no {kind} checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, wrong file: all the same to the user
+        raise SystemExit(f"error: {path} is not a readable checkpoint (corrupt or truncated?): "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        raise SystemExit(f"error: {path} is not a {kind} checkpoint of this project")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- models from a config dict
+# The config dicts are train.Config as saved in checkpoints; .get() defaults keep older checkpoints loading.
+def build_vae(config):
+    v = config["vae"]
+    return vae_lib.CausalVAE(in_channels=config["data"]["channels"], channels=v["channels"], patch=v["patch"],
+                             latent_channels=v["latent_channels"], time_compression=v["time_compression"],
+                             layers_per_block=v["layers_per_block"])
+
+
+def load_vae(ckpt, device):
+    vae = build_vae(ckpt["config"])
+    vae.load_state_dict(ckpt["model"])
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def build_dit(d, vocab_size, latent_channels):
+    return dit_lib.DiT(in_channels=latent_channels, dim=d["dim"], depth=d["depth"], heads=d["heads"],
+                       vocab_size=vocab_size, max_text_len=d["text_len"], text_depth=d["text_depth"],
+                       patch=d["patch"], patch_t=d["patch_t"], attention=d["attention"],
+                       checkpointing=d["checkpointing"])
+
+
+def build_objective(d):
+    """03's DDPM, 04's rectified flow or 05's pyramidal flow, with every knob those files teach."""
+    if d["objective"] == "ddpm":
+        return diffusion.GaussianDiffusion(snr_shift=d.get("snr_shift", 1.0), sampler=d.get("ddpm_sampler", "ddim"))
+    if d["objective"] == "flow":
+        return flow.RectifiedFlow(t_sampling=d["t_sampling"], shift=d["flow_shift"],
+                                  sample_shift=d.get("sample_shift") or None, solver=d.get("flow_solver", "euler"))
+    return pyramid.PyramidFlow(stages=d["pyramid_stages"], stage_ratios=d.get("pyramid_stage_ratios") or None,
+                               history_noise=d.get("history_noise", 1 / 3),
+                               shift=d.get("pyramid_shift", d["flow_shift"]))  # older runs shared flow_shift
+
+
+@torch.no_grad()
+def generate(model, objective, vae, tokenizer, prompts, latent_shape, text_len, steps, cfg_scale, seed,
+             device, dtype, cfg_rescale=0.0, progress=False):
+    """Videos [N, C, T, H, W] in [-1, 1] for N prompts; the same seed gives the same videos."""
+    ids, mask = tokenizer.encode(prompts, text_len)
+    ids, mask = ids.to(device), mask.to(device)
+    null_ids, null_mask = diffusion.null_caption(len(prompts), text_len, device)
+    generator = torch.Generator(device).manual_seed(seed)
+    with autocast(device, dtype):
+        z = objective.sample(model, (len(prompts), *latent_shape), dict(ids=ids, mask=mask),
+                             uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=cfg_scale,
+                             cfg_rescale=cfg_rescale, generator=generator, progress=progress)
+        videos = vae.decode(z.float() / vae.scaling_factor)
+    return videos.float().clamp(-1, 1)
+
+
+def load(path, device, **overrides):
+    """(model, objective, vae, tokenizer, config, latent_shape) from a dit.pt checkpoint (or the shipped
+    data/pretrained/tiny.pt); overrides replace dit.* settings of the objective, e.g. sample_shift=2.0."""
     ckpt = load_checkpoint(path, "dit")
     config = ckpt["config"]
+    config["dit"] = {**config["dit"], **{k: v for k, v in overrides.items() if v is not None}}
     model = build_dit(config["dit"], ckpt["vocab_size"], ckpt["latent_shape"][0])
-    model.load_state_dict(ckpt["ema"])
+    model.load_state_dict(ckpt["ema"])  # copies cast, so the bf16 weights of data/pretrained/ load into fp32
     vae = load_vae({"config": ckpt["vae_config"], "model": ckpt["vae"]}, device)
     tokenizer = Tokenizer.from_state_dict(ckpt["tokenizer"])
     return model.to(device).eval(), build_objective(config["dit"]), vae, tokenizer, config, ckpt["latent_shape"]
 
 
+# ----------------------------------------------------------------------------- output
 def slug(prompt):
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:80] or "prompt"
 
@@ -56,42 +167,70 @@ def contact_sheet(videos, prompts, n, frames=5, label_width=230):
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a dit.pt written by train.py")
+    p.add_argument("--ckpt", required=True, help="a dit.pt written by train.py, or data/pretrained/tiny.pt")
     p.add_argument("--prompt", action="append", default=[], help="a caption; repeat for several")
     p.add_argument("--prompts", help="a text file, one prompt a line")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (per stage for the pyramid objective)")
-    p.add_argument("--cfg", type=float, default=DiTConfig.sample_cfg,
-                   help="classifier-free guidance scale; 1 turns it off (default %(default)s, train.py's dit.sample_cfg)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="classifier-free guidance scale; 1 turns it off (default: the checkpoint's dit.sample_cfg)")
+    p.add_argument("--cfg-rescale", type=float, default=None,
+                   help="guidance rescale phi in [0, 1] (Lin et al. 2023; 0.7 there), default: dit.sample_cfg_rescale")
+    p.add_argument("--shift", type=float, default=None,
+                   help="flow objective: sampling time shift (default: dit.sample_shift, else dit.flow_shift)")
+    p.add_argument("--solver", choices=["euler", "heun"], default=None, help="flow objective: ODE solver")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="ddpm objective: DDIM or ancestral DDPM")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples")
     p.add_argument("--batch", type=int, default=64, help="videos generated at once")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: the checkpoint's")
     return p
+
+
+def read_prompts(p, args):
+    """The prompts of --prompt and --prompts, checked before any model is built."""
+    prompts = [" ".join(text.split()) for text in args.prompt]
+    if args.prompts:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                prompts += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            p.error(f"cannot read --prompts file {args.prompts}: {e}")
+    if not prompts:
+        p.error("give at least one --prompt or a --prompts file")
+    if any(not text for text in prompts):
+        p.error("a --prompt is empty: give the caption to generate, e.g. --prompt \"digit 3 is moving up and down\"")
+    for name in ("n", "steps", "batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.cfg_rescale is not None and not 0 <= args.cfg_rescale <= 1:
+        p.error(f"--cfg-rescale must be in [0, 1], got {args.cfg_rescale}")
+    if args.shift is not None and args.shift <= 0:
+        p.error(f"--shift must be > 0, got {args.shift}")
+    return prompts
 
 
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
-
-    prompts = list(args.prompt)
-    if args.prompts:
-        with open(args.prompts) as f:
-            prompts += [line.strip() for line in f if line.strip()]
-    if not prompts:
-        p.error("give at least one --prompt or a --prompts file")
-    if args.n < 1 or args.steps < 1:
-        p.error("--n and --steps must be at least 1")
-    device = torch.device(args.device)
-    model, objective, vae, tokenizer, config, latent_shape = load(args.ckpt, device)
-    tokenizer.encode(prompts, config["dit"]["text_len"])  # fail (or warn about unseen words) before any work
+    prompts = read_prompts(p, args)
+    device = pick_device(args.device)
+    model, objective, vae, tokenizer, config, latent_shape = load(
+        args.ckpt, device, sample_shift=args.shift, flow_solver=args.solver, ddpm_sampler=args.sampler)
+    d = config["dit"]
+    dtype = args.dtype or config["dtype"]
+    check_dtype(device, dtype)
+    cfg = d.get("sample_cfg", 8.0) if args.cfg is None else args.cfg
+    rescale = d.get("sample_cfg_rescale", 0.0) if args.cfg_rescale is None else args.cfg_rescale
+    tokenizer.encode(prompts, d["text_len"])  # fail (or warn about unseen words) before any work
 
     jobs = [prompt for prompt in prompts for _ in range(args.n)]
     videos = []
     for start in range(0, len(jobs), args.batch):
         videos.append(generate(model, objective, vae, tokenizer, jobs[start:start + args.batch], latent_shape,
-                               config["dit"]["text_len"], args.steps, args.cfg, args.seed + start,
-                               device, config["dtype"], progress=True).cpu())
+                               d["text_len"], args.steps, cfg, args.seed + start, device, dtype,
+                               cfg_rescale=rescale, progress=True).cpu())
     videos = torch.cat(videos)
 
     os.makedirs(args.out, exist_ok=True)

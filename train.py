@@ -12,8 +12,9 @@ expert transformer of 02_dit.py with one of three objectives (03 ddpm, 04 flow,
 05 pyramid) and writes OUT/dit.pt, which sample.py turns into GIFs.
 
 Data parallel (DDP) under torchrun, plain `python train.py` too; mixed precision
-(bf16 autocast on CPU and GPU, fp16 with a GradScaler); AdamW, or Muon for the DiT's
-hidden matrices; EMA weights for sampling; checkpoints written atomically that resume bit-exactly.
+(bf16 autocast on CPU and GPU, fp16 with a GradScaler); AdamW; EMA weights for sampling;
+checkpoints written atomically that resume bit-exactly. Model building and sampling
+live in sample.py, which this file imports for its previews.
 """
 import argparse
 import copy
@@ -42,12 +43,11 @@ from tqdm import tqdm
 from data.moving_mnist import MovingMNIST, save_gif
 from data.tokenizer import Tokenizer
 from data.video_folder import VideoFolder
+from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate, load_checkpoint,
+                    load_vae, pick_device)
 
 vae_lib = importlib.import_module("01_vae")
-dit_lib = importlib.import_module("02_dit")
 diffusion = importlib.import_module("03_diffusion")
-flow = importlib.import_module("04_flow")
-pyramid = importlib.import_module("05_pyramid")
 
 
 # ----------------------------------------------------------------------------- config
@@ -111,14 +111,21 @@ class DiTConfig:
     steps: int = 2000
     compile: bool = False            # torch.compile the training step: ~80 s once on a 2-core CPU, then faster steps
     lr_decay: float = 1.0            # fraction of the steps (after warm-up) spent in the cosine decay; 0 = constant
-    optimizer: str = "adamw"         # adamw | muon: Muon for the matrices inside the transformer layers, AdamW for the rest
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     sample_steps: int = 25
-    sample_cfg: float = 8.0          # guidance of previews and sample.py's default: 8 scored best (README)
-    pyramid_stages: int = 2
-    flow_shift: float = 1.0
-    t_sampling: str = "uniform"      # flow: uniform | logit_normal (SD3: more training near t = 0.5)
+    sample_cfg: float = 8.0          # guidance of previews and sample.py's default: 8 scored best (docs/experiments.md)
+    sample_cfg_rescale: float = 0.0  # guidance rescale phi (03, Lin et al. 2023: 0.7); 0 = plain CFG
+    snr_shift: float = 1.0           # ddpm: CogVideoX's SNR shift of the noise schedule (03)
+    ddpm_sampler: str = "ddim"       # ddpm: ddim | ddpm (ancestral, Ho et al. Algorithm 2) (03)
+    t_sampling: str = "uniform"      # flow: uniform | logit_normal (SD3: more training near t = 0.5) (04)
+    flow_shift: float = 1.0          # flow: time shift s of training's t and, unless sample_shift is set, of sampling (04)
+    sample_shift: float = 0.0        # flow: time shift of the sampling grid; 0 = flow_shift (04)
+    flow_solver: str = "euler"       # flow: euler | heun, for previews and sample.py (04)
+    pyramid_stages: int = 2          # pyramid: spatial stages K (05)
+    pyramid_stage_ratios: list[float] = field(default_factory=list)  # pyramid: batch share per stage; [] = equal (05)
+    pyramid_shift: float = 1.0       # pyramid: time shift of the stage windows; the official scripts train at 1 (05)
+    history_noise: float = 1 / 3     # pyramid: history frames get sigma ~ U(0, history_noise) in training (05)
     ckpt_every: int = 500
     sample_every: int = 500
     prompts: list[str] = field(default_factory=lambda: [
@@ -130,7 +137,7 @@ class DiTConfig:
 class Config:
     out_dir: str = "runs/tiny"
     seed: int = 0
-    device: str = "auto"             # auto | cpu | cuda
+    device: str = "auto"             # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     dtype: str = "bf16"              # bf16 | fp16 | fp32
     clip_grad: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,10 +145,12 @@ class Config:
     dit: DiTConfig = field(default_factory=DiTConfig)
 
 
-CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"), "dit.optimizer": ("adamw", "muon"),
+CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", "mps"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
-           "dit.t_sampling": ("uniform", "logit_normal")}
-RANGES = {"dit.lr_decay": (0.0, 1.0)}
+           "dit.t_sampling": ("uniform", "logit_normal"), "dit.ddpm_sampler": ("ddim", "ddpm"),
+           "dit.flow_solver": ("euler", "heun")}
+RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0), "dit.history_noise": (0.0, 0.99),
+          "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
 
 
 def coerce(key, value, kind):
@@ -221,20 +230,6 @@ def setup():
     return rank, world, local
 
 
-def pick_device(cfg, local_rank):
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def autocast(device, dtype):
-    """bf16 autocast runs on CPU and GPU alike; backward is called outside this context."""
-    if dtype == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-
-
 def barrier():
     if dist.is_initialized():
         dist.barrier()
@@ -284,18 +279,6 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, kind):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {kind} checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, wrong file: all the same to the user
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
-        raise ValueError(f"{path} is not a {kind} checkpoint of this project")
-    return ckpt
-
-
 # ----------------------------------------------------------------------------- data
 def video_dataset(cfg, split, frames, length):
     d = cfg.data
@@ -342,10 +325,9 @@ def lr_at(step, base, warmup, total, decay=1.0):
 
 
 # ----------------------------------------------------------------------------- one optimiser step
-def train_step(model, optimizers, scaler, loss_fn, micro_batches, device, dtype, clip):
+def train_step(model, opt, scaler, loss_fn, micro_batches, device, dtype, clip):
     """Gradient accumulation over micro-batches; DDP all-reduces only on the last one (no_sync)."""
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=True)
     total, logs = 0.0, {}
     for i, micro in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -357,11 +339,9 @@ def train_step(model, optimizers, scaler, loss_fn, micro_batches, device, dtype,
         total += loss.item() / len(micro_batches)
         for k, v in micro_logs.items():
             logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
-    for opt in optimizers:
-        scaler.unscale_(opt)    # clip the true gradients, not the fp16-scaled ones
+    scaler.unscale_(opt)    # clip the true gradients, not the fp16-scaled ones
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    for opt in optimizers:
-        scaler.step(opt)        # skipped by the scaler if fp16 gradients overflowed
+    scaler.step(opt)        # skipped by the scaler if fp16 gradients overflowed
     scaler.update()
     return total, {**logs, "grad_norm": grad_norm.item()}
 
@@ -372,100 +352,7 @@ def ema_update(ema, model, decay):
         e.lerp_(p.detach().float(), 1 - decay)
 
 
-@torch.no_grad()
-def orthogonalize(G, steps=5):
-    """Newton-Schulz: map a stack G (k, m, n) with m <= n to about U V^T of each SVD, singular values near 1."""
-    a, b, c = 3.4445, -4.7750, 2.0315  # Jordan et al.'s quintic: steep at 0, so 5 steps bring all values to 0.7-1.2
-    X = G.bfloat16()
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius >= spectral norm: all singular values <= 1
-    for _ in range(steps):
-        A = X @ X.mT                                     # (k, m, m): the small side, hence m <= n
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)      # b A + c A^2, fused
-        X = torch.baddbmm(X, B, X, beta=a)               # a X + B X
-    return X
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon (Jordan et al. 2024): Nesterov momentum, then each weight matrix's update is orthogonalized, so it
-    moves every direction of the matrix by the same amount instead of mostly the few largest ones.
-
-    Only for the 2D weights inside transformer layers; embeddings, biases, norms and the output layer stay with
-    AdamW. Updates are scaled by 0.2 sqrt(max(m, n)) (Liu et al. 2025, Moonlight) to AdamW's RMS, so AdamW's
-    learning rate and schedule carry over. Same-shaped matrices are orthogonalized together in one batched matmul.
-    """
-    def __init__(self, params, lr, momentum=0.95):
-        super().__init__(params, dict(lr=lr, momentum=momentum))
-        shapes = [tuple(p.shape) for group in self.param_groups for p in group["params"] if p.ndim != 2]
-        if shapes:
-            raise ValueError(f"Muon orthogonalizes matrices only; give these to AdamW: shapes {shapes}")
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            by_shape = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(p.grad)
-                by_shape.setdefault(p.shape, []).append((p, p.grad.add(buf, alpha=group["momentum"])))
-            for (m, n), pairs in by_shape.items():
-                G = torch.stack([g for _, g in pairs])                          # (k, m, n)
-                O = orthogonalize(G) if m <= n else orthogonalize(G.mT).mT
-                for (p, _), o in zip(pairs, O):
-                    p.add_(o.to(p.dtype), alpha=-group["lr"] * 0.2 * max(m, n) ** 0.5)
-
-
-def dit_optimizers(model, d):
-    """AdamW for all; or Muon for the matrices inside the DiT's blocks and text layers and AdamW for the rest."""
-    adamw = dict(lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
-    if d.optimizer == "adamw":
-        return [torch.optim.AdamW(model.parameters(), **adamw)]
-    hidden = [p for name, p in model.named_parameters()
-              if p.ndim == 2 and name.startswith(("blocks.", "text_encoder.layers."))]
-    ids = {id(p) for p in hidden}
-    return [torch.optim.AdamW([p for p in model.parameters() if id(p) not in ids], **adamw), Muon(hidden, lr=d.lr)]
-
-
-# ----------------------------------------------------------------------------- models
-def build_vae(config):
-    v = config["vae"]
-    return vae_lib.CausalVAE(in_channels=config["data"]["channels"], channels=v["channels"], patch=v["patch"],
-                             latent_channels=v["latent_channels"], time_compression=v["time_compression"],
-                             layers_per_block=v["layers_per_block"])
-
-
-def build_dit(d, vocab_size, latent_channels):
-    return dit_lib.DiT(in_channels=latent_channels, dim=d["dim"], depth=d["depth"], heads=d["heads"],
-                       vocab_size=vocab_size, max_text_len=d["text_len"], text_depth=d["text_depth"],
-                       patch=d["patch"], patch_t=d["patch_t"], attention=d["attention"],
-                       checkpointing=d["checkpointing"])
-
-
-def build_objective(d):
-    if d["objective"] == "ddpm":
-        return diffusion.GaussianDiffusion()
-    if d["objective"] == "flow":
-        return flow.RectifiedFlow(t_sampling=d["t_sampling"], shift=d["flow_shift"])
-    return pyramid.PyramidFlow(stages=d["pyramid_stages"], shift=d["flow_shift"])
-
-
-@torch.no_grad()
-def generate(model, objective, vae, tokenizer, prompts, latent_shape, text_len, steps, cfg_scale, seed,
-             device, dtype, progress=False):
-    """Videos [N, C, T, H, W] in [-1, 1] for N prompts; the same seed gives the same videos."""
-    ids, mask = tokenizer.encode(prompts, text_len)
-    ids, mask = ids.to(device), mask.to(device)
-    null_ids, null_mask = diffusion.null_caption(len(prompts), text_len, device)
-    generator = torch.Generator(device).manual_seed(seed)
-    with autocast(device, dtype):
-        z = objective.sample(model, (len(prompts), *latent_shape), dict(ids=ids, mask=mask),
-                             uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=cfg_scale,
-                             generator=generator, progress=progress)
-        videos = vae.decode(z.float() / vae.scaling_factor)
-    return videos.float().clamp(-1, 1)
-
-
+# ----------------------------------------------------------------------------- logging
 def video_grid(videos, columns):
     """[N, C, T, H, W] -> one video [C, T, rows * H, columns * W] with a 2-pixel gap, for GIF previews."""
     n, c, t, h, w = videos.shape
@@ -573,18 +460,18 @@ def train_vae(cfg, rank, world, device, resume):
             return criterion(micro, recon, posterior, step, last_layer)
 
         micro = list(x.chunk(v.grad_accum))
-        loss, logs = train_step(model, [opt], scaler, vae_loss, micro, device, cfg.dtype, cfg.clip_grad)
+        loss, logs = train_step(model, opt, scaler, vae_loss, micro, device, cfg.dtype, cfg.clip_grad)
         if disc is not None and step >= v.disc_start:
             def disc_loss(m, pair):
                 return criterion.disc_loss(pair[0], pair[1], step, m), {}
-            logs["disc_loss"], _ = train_step(disc_model, [opt_d], scaler_d, disc_loss, list(zip(micro, recons)),
+            logs["disc_loss"], _ = train_step(disc_model, opt_d, scaler_d, disc_loss, list(zip(micro, recons)),
                                               device, cfg.dtype, cfg.clip_grad)
         loss = mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
         logger.step(step, loss, logs)
         done = step + 1 == v.steps
         if (step + 1) % v.ckpt_every == 0 or done:
-            if done:  # the DiT sees latents * scaling_factor: unit variance (DESIGN.md section 5)
+            if done:  # the DiT sees latents * scaling_factor, of unit variance (Rombach et al. 2022)
                 vae.scaling_factor.fill_(vae_lib.measure_scaling_factor(vae, vae_samples(cfg, v.frames, 64, device)))
             ckpt = state(step + 1)
             if rank == 0:
@@ -634,12 +521,6 @@ def resume_rng(ckpt, rank, world):
 
 
 # ----------------------------------------------------------------------------- stage 2: DiT
-def load_vae(ckpt, device):
-    vae = build_vae(ckpt["config"])
-    vae.load_state_dict(ckpt["model"])
-    return vae.to(device).eval().requires_grad_(False)
-
-
 def fingerprint(state_dict):
     """A content hash of weights, so the latent cache is rebuilt exactly when the VAE changed."""
     import hashlib
@@ -711,7 +592,7 @@ def train_dit(cfg, rank, world, device, resume):
     model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latents.shape[1]).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     objective = build_objective(dataclasses.asdict(d))
-    opts = dit_optimizers(model, d)
+    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
     start = 0
     if resume and os.path.isfile(path):
@@ -719,12 +600,12 @@ def train_dit(cfg, rank, world, device, resume):
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         saved = ckpt["optimizer"]
-        saved = [saved] if isinstance(saved, dict) else saved  # checkpoints from before Muon hold one AdamW state
-        was = ckpt["config"]["dit"].get("optimizer", "adamw")
-        if len(saved) != len(opts):
-            raise ValueError(f"{path} was trained with dit.optimizer={was}, not {d.optimizer}: resume with --dit.optimizer={was}")
-        for opt, state_dict in zip(opts, saved):
-            opt.load_state_dict(state_dict)
+        if isinstance(saved, list):  # written while train.py also offered Muon: [AdamW] or [AdamW, Muon]
+            if len(saved) != 1:
+                raise SystemExit(f"error: {path} was trained with Muon, which left train.py; resume it at the "
+                                 "commit that wrote it (docs/experiments.md)")
+            saved = saved[0]
+        opt.load_state_dict(saved)
         scaler.load_state_dict(ckpt["scaler"])
         start = ckpt["step"]
         resume_rng(ckpt, rank, world)
@@ -758,18 +639,18 @@ def train_dit(cfg, rank, world, device, resume):
 
     def state(step):
         return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=model.state_dict(),
-                    ema=ema.state_dict(), optimizer=[o.state_dict() for o in opts], scaler=scaler.state_dict(),
+                    ema=ema.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                     rng=all_rng_states(), data_position=data_position(step, len(dataset), d.batch_size),
                     tokenizer=tokenizer.state_dict(), tokenizer_file=tok_path, vocab_size=tokenizer.vocab_size,
                     latent_shape=latent_shape, vae=vae_ckpt["model"], vae_config=vae_ckpt["config"],
                     scaling_factor=float(vae.scaling_factor))
 
     for step in range(start, d.steps):
-        for group in (g for opt in opts for g in opt.param_groups):
+        for group in opt.param_groups:
             group["lr"] = lr_at(step, d.lr, d.warmup, d.steps, d.lr_decay)
         x0, b_ids, b_mask = (t.to(device) for t in next(data))
         micro = list(zip(x0.float().chunk(d.grad_accum), b_ids.chunk(d.grad_accum), b_mask.chunk(d.grad_accum)))
-        loss, logs = train_step(ddp_model, opts, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
+        loss, logs = train_step(ddp_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
         # warm the decay up: a plain 0.999 would still hold 13% of the random init after 2000 steps
         ema_update(ema, model, min(d.ema_decay, (1 + step) / (10 + step)))
         loss = mean_over_ranks(loss, device)
@@ -782,7 +663,7 @@ def train_dit(cfg, rank, world, device, resume):
                 save_checkpoint(path, ckpt)
         if rank == 0 and ((step + 1) % d.sample_every == 0 or done):
             videos = generate(ema, objective, vae, tokenizer, d.prompts, latent_shape, d.text_len,
-                              d.sample_steps, d.sample_cfg, cfg.seed, device, cfg.dtype)
+                              d.sample_steps, d.sample_cfg, cfg.seed, device, cfg.dtype, d.sample_cfg_rescale)
             gif = os.path.join(cfg.out_dir, "samples", f"dit_{step + 1:06d}.gif")
             os.makedirs(os.path.dirname(gif), exist_ok=True)
             save_gif(gif, video_grid(videos, columns=len(d.prompts)))
@@ -795,9 +676,8 @@ def train_dit(cfg, rank, world, device, resume):
 def main(argv=None):
     cfg, args = parse_args(argv)
     rank, world, local = setup()
-    device = pick_device(cfg, local)
-    if cfg.dtype == "fp16" and device.type == "cpu":
-        raise SystemExit("dtype fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
+    device = pick_device(cfg.device, local)
+    check_dtype(device, cfg.dtype)
     os.makedirs(cfg.out_dir, exist_ok=True)
     for stage in ("vae", "dit"):
         existing = os.path.join(cfg.out_dir, f"{stage}.pt")

@@ -230,3 +230,24 @@ def test_bad_arguments():
         GaussianDiffusion().sample(lambda x, t: x, (2, 2), {}, steps=T + 1)
     with pytest.raises(ValueError, match="rank"):
         GaussianDiffusion().loss(lambda x, t: x, torch.zeros(2, 2), {}, rank=2, world_size=2)
+
+
+def test_guidance_rescale_matches_the_conditional_std_per_sample():
+    """Lin et al. 2023, section 3.4: phi = 1 gives each sample the std of its conditional prediction, phi = 0 is
+    plain CFG, and values between mix the two linearly."""
+    torch.manual_seed(0)
+    pred_c = torch.randn(3, 4, 5) * torch.tensor([0.5, 1.0, 2.0])[:, None, None]
+    pred_u = torch.randn(3, 4, 5)
+    guided = pred_u + 7.5 * (pred_c - pred_u)
+    assert diffusion.rescale_guidance(guided, pred_c, 0.0) is guided
+    full = diffusion.rescale_guidance(guided, pred_c, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2)), pred_c.std(dim=(1, 2)))
+    torch.testing.assert_close(diffusion.rescale_guidance(guided, pred_c, 0.7), 0.7 * full + 0.3 * guided)
+
+    def model(x, t, ids, mask):
+        return x * (1 + ids[:, :1].float())
+    x, t = torch.randn(2, 6), torch.zeros(2)
+    cond = dict(ids=torch.full((2, 1), 3), mask=torch.ones(2, 1, dtype=torch.bool))
+    uncond = dict(zip(("ids", "mask"), diffusion.null_caption(2, 1)))
+    out = diffusion.guided_prediction(model, x, t, cond, uncond, 5.0, rescale=1.0)
+    torch.testing.assert_close(out.std(dim=1), model(x, t, **cond).std(dim=1))
