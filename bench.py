@@ -5,13 +5,13 @@
     python bench.py speed [--config tiny.yaml]   # throughput, GFLOP/s against the matmul peak, memory
     python bench.py objectives --run OUT         # ddpm vs flow vs pyramid at equal wall time on OUT's latents
 
-quality: a judge that knows nothing of the generator. A small CNN, trained on the
-shipped MNIST digits 0-7999 (validated on 8000-9999) and cached in runs/bench/judge.pt,
-reads the digit in every frame; the motion axis comes from the digit's trajectory.
-Over the 20 single-digit prompts x N samples it reports digit, axis and both-correct
-accuracy, frame consistency, and a Frechet distance between judge features of the
-scored videos and of real validation videos for the same prompts (FID's formula,
-Heusel et al. 2017, with the judge in place of Inception). In Python:
+quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN,
+trained on the shipped MNIST digits 0-7999 (validated on 8000-9999) and cached in
+runs/bench/judge.pt, reads the digit in every frame; the motion axis comes from the
+digit's trajectory. Over the 20 single-digit prompts x N samples it reports digit, axis
+and both-correct accuracy, frame consistency, and a Frechet distance between judge
+features of the scored videos and of real validation videos for the same prompts
+(FID's formula, Heusel et al. 2017, with the judge in place of Inception). In Python:
 
     metrics = judge(videos, prompts)                 # videos (N, 1, T, 64, 64) in [-1, 1]
     rows = quality(generate_fn, n_per_prompt=8)      # generate_fn(prompts, seed) -> videos
@@ -28,344 +28,22 @@ import dataclasses
 import datetime
 import itertools
 import json
-import math
 import os
 import platform
-import re
 import shutil
 import sys
 import time
-from collections import Counter
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
 import sample
 import train
-from data.moving_mnist import AXES, DIGIT, MovingMNIST, caption, load_mnist
+from data.judge import PROMPTS, judge, load_judge, read_videos, real_videos
+from data.moving_mnist import AXES
 
-# ----------------------------------------------------------------------------- quality: the judge
-PROMPTS = [f"digit {d} is moving {axis}" for d in range(10) for axis in AXES]
-NONE = -1          # the class of "no digit" and of "no motion": it never matches a prompt
-INK_FLOOR = 0.2    # brightness in [0, 1] below which a pixel is background haze, not ink
-MIN_PIXELS = 10    # a frame shows a digit when at least this many pixels are brighter than mid-gray
-MIN_MOTION = 0.5   # pixels: a centroid whose spread (std over frames) stays below this on both axes is standing still
-TRAIN_DIGITS = 8000     # MNIST indices [0, 8000) train the judge, [8000, 10000) validate it: the dataset's own cut
-
-
-def parse_prompt(prompt):
-    """'digit 3 is moving up and down' -> (3, 0); the axis indexes AXES (0 moves the row, 1 the column)."""
-    m = re.fullmatch(r"digit (\d) is moving (up and down|left and right)", prompt)
-    if m is None:
-        raise ValueError(f"the judge scores single-digit prompts such as {PROMPTS[0]!r}, got {prompt!r}")
-    return int(m.group(1)), AXES.index(m.group(2))
-
-
-def box_sums(x, k):
-    """Sums of x (N, H, W) over every k x k window -> (N, H - k + 1, W - k + 1), from an integral image."""
-    s = F.pad(x.double().cumsum(1).cumsum(2), (1, 0, 1, 0))  # float64: differences of large sums stay exact enough
-    return s[:, k:, k:] - s[:, :-k, k:] - s[:, k:, :-k] + s[:, :-k, :-k]
-
-
-def locate(frames):
-    """Where the digit is: frames (N, H, W) in [-1, 1] -> centre (N, 2) as (row, col), visible (N,) bool.
-
-    The digit is the 28x28 window holding the most ink, and its centre is the ink's
-    centroid inside that window, so a speck or a second blob elsewhere does not drag it.
-    """
-    n, h, w = frames.shape
-    if h < DIGIT or w < DIGIT:
-        raise ValueError(f"frames must be at least {DIGIT}x{DIGIT} pixels, got {h}x{w}")
-    ink = ((frames + 1) / 2 - INK_FLOOR).clamp(min=0)                               # (N, H, W)
-    visible = (frames > 0).flatten(1).sum(1) >= MIN_PIXELS                          # (N,)
-    # the heaviest window, then the centroid of the ink inside it
-    mass = box_sums(ink, DIGIT).flatten(1)                                          # (N, windows)
-    best = mass.argmax(1)                                                           # (N,)
-    top, left = best // (w - DIGIT + 1), best % (w - DIGIT + 1)
-    i = torch.arange(DIGIT)
-    rows, cols = (top[:, None] + i)[:, :, None], (left[:, None] + i)[:, None, :]    # (N, 28, 1), (N, 1, 28)
-    window = ink[torch.arange(n).view(n, 1, 1), rows, cols]                         # (N, 28, 28)
-    total = window.sum((1, 2)).clamp(min=1e-6)
-    centre = torch.stack([(window * rows).sum((1, 2)), (window * cols).sum((1, 2))], 1) / total[:, None]
-    return centre, visible
-
-
-def crop(frames, centre, shift=None):
-    """28x28 crops (N, 1, 28, 28) in [0, 1] with each centre at pixel (14, 14): MNIST centres its digits the same way.
-
-    Beyond the frame's edge the crop reads background. shift (N, 2) ints moves the crop (training jitter).
-    """
-    n, h, w = frames.shape
-    pad = DIGIT // 2
-    padded = F.pad((frames + 1) / 2, (pad, pad, pad, pad))                          # (N, H + 28, W + 28)
-    top = torch.floor(centre + 0.5).long()  # (N, 2) top-left in padded coords: round(centre) + pad - 14
-    if shift is not None:
-        top = top + shift
-    top = torch.stack([top[:, 0].clamp(0, h), top[:, 1].clamp(0, w)], 1)
-    i = torch.arange(DIGIT)
-    rows = (top[:, 0, None] + i)[:, :, None]                                        # (N, 28, 1)
-    cols = (top[:, 1, None] + i)[:, None, :]                                        # (N, 1, 28)
-    return padded[torch.arange(n).view(n, 1, 1), rows, cols][:, None]
-
-
-def gaussian_blur(x, sigma):
-    """Blur each image of x (N, 1, H, W) with its own sigma (N,), separably; sigma 0 leaves it as it is."""
-    n, k = len(x), 7
-    r = torch.arange(k) - k // 2
-    g = torch.exp(-r.square() / (2 * sigma.clamp(min=1e-3)[:, None].square()))     # (N, k)
-    g = g / g.sum(1, keepdim=True)
-    # a grouped conv with the batch as channels gives every image its own kernel
-    x = F.conv2d(x.transpose(0, 1), g.view(n, 1, 1, k), padding=(0, k // 2), groups=n)
-    x = F.conv2d(x, g.view(n, 1, k, 1), padding=(k // 2, 0), groups=n)
-    return x.transpose(0, 1)
-
-
-def judge_frames(digits, generator, size=64, degrade=True):
-    """MNIST digits (B, 28, 28) uint8 -> frames (B, size, size) in [-1, 1] that look like what the judge will read.
-
-    Each digit lands anywhere in the frame, as in the videos. degrade=True makes it look
-    generated: a slightly different shape (rotation, scale), soft edges (a decoder's blur),
-    lower contrast (a faint digit) and a noisy background, each at a random strength
-    that starts from none, so clean digits stay in the mix.
-    """
-    b, g = len(digits), generator
-    x = torch.tensor(digits).float()[:, None] / 255                              # (B, 1, 28, 28)
-    if degrade:
-        angle = (2 * torch.rand(b, generator=g) - 1) * math.radians(12)
-        scale = 0.9 + 0.2 * torch.rand(b, generator=g)
-        cos, sin, zero = torch.cos(angle) / scale, torch.sin(angle) / scale, torch.zeros(b)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
-        x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
-    frames = torch.zeros(b, size, size)
-    for i, (r, c) in enumerate(torch.randint(0, size - DIGIT + 1, (b, 2), generator=g).tolist()):
-        frames[i, r:r + DIGIT, c:c + DIGIT] = x[i, 0]
-    if degrade:
-        frames = gaussian_blur(frames[:, None], 1.2 * torch.rand(b, generator=g))[:, 0]
-        frames = frames * (0.55 + 0.45 * torch.rand(b, 1, 1, generator=g))
-        frames = frames + 0.08 * torch.rand(b, 1, 1, generator=g) * torch.randn(frames.shape, generator=g)
-    return frames.clamp(0, 1) * 2 - 1
-
-
-class DigitCNN(nn.Module):
-    """A 28x28 crop in [0, 1] -> 10 logits, and the penultimate features the Frechet distance compares. VGG-style."""
-
-    def __init__(self, width=16, features=64):
-        super().__init__()
-
-        def conv(c_in, c_out):  # BatchNorm: the judge must train in seconds, and BN gets there in fewer steps
-            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-        self.conv = nn.Sequential(
-            *conv(1, width), *conv(width, width), nn.MaxPool2d(2),                              # (N, w, 14, 14)
-            *conv(width, 2 * width), *conv(2 * width, 2 * width), nn.MaxPool2d(2),              # (N, 2w, 7, 7)
-            *conv(2 * width, 4 * width))                                                        # (N, 4w, 7, 7)
-        self.fc = nn.Linear(4 * width * 7 * 7, features)
-        self.head = nn.Linear(features, 10)
-
-    def forward(self, x):
-        h = F.relu(self.fc(self.conv(x).flatten(1)))                                           # (N, features)
-        return self.head(F.dropout(h, 0.2, self.training)), h
-
-
-def judge_batch(digits, labels, generator, degrade=True):
-    """Crops (B, 1, 28, 28) and labels (B,) made the way the judge reads videos: place, locate, crop."""
-    frames = judge_frames(digits, generator, degrade=degrade)
-    centre, _ = locate(frames)
-    # jitter the crop: a generated digit's centroid sits a pixel or two off MNIST's
-    shift = torch.randint(-2, 3, (len(digits), 2), generator=generator) if degrade else None
-    return crop(frames, centre, shift), torch.tensor(labels).long()
-
-
-def train_judge(steps=400, batch_size=128, lr=3e-3, seed=0, log=print):
-    """Train DigitCNN on MNIST digits 0-7999; returns (model, losses). Seeds torch's global RNG (init, dropout)."""
-    digits, labels = load_mnist()
-    digits, labels = digits[:TRAIN_DIGITS], labels[:TRAIN_DIGITS]
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = DigitCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    losses = []
-    # one thread: ops this small gain little from more, threads fight on a busy machine,
-    # and the judge comes out the same whatever the core count
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for step in range(steps):
-        for group in opt.param_groups:  # cosine decay to zero
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        idx = torch.randint(0, len(digits), (batch_size,), generator=g).numpy()
-        x, y = judge_batch(digits[idx], labels[idx], g)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # about twice as fast on CPU; the weights stay fp32
-            loss = F.cross_entropy(model(x)[0], y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if log and (step + 1) % 100 == 0:
-            log(f"judge step {step + 1}/{steps}: loss {sum(losses[-100:]) / len(losses[-100:]):.3f}")
-    torch.set_num_threads(threads)
-    return model.eval(), losses
-
-
-@torch.no_grad()
-def judge_accuracy(model, degrade, seed=1):
-    """Accuracy on MNIST digits 8000-9999, placed at random in a frame, then located and cropped."""
-    digits, labels = load_mnist()
-    x, y = judge_batch(digits[TRAIN_DIGITS:], labels[TRAIN_DIGITS:], torch.Generator().manual_seed(seed), degrade)
-    return (model(x)[0].argmax(1) == y).float().mean().item()
-
-
-def load_judge(path="runs/bench/judge.pt", retrain=False, steps=400, seed=0, log=print):
-    """The judge from its cache, trained (and cached) first if the file is missing, unreadable or for other settings.
-
-    Returns (model, info) with info = dict(val_acc, val_acc_degraded, train_s, steps, seed, path).
-    """
-    config = dict(steps=steps, seed=seed, width=16, features=64, version=1)
-    model = DigitCNN(config["width"], config["features"])
-    if not retrain and os.path.isfile(path):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if ckpt["config"] == config:
-                model.load_state_dict(ckpt["model"])
-                return model.eval(), dict(ckpt["info"], path=path)
-            log(f"{path} holds a judge trained with other settings: retraining")
-        except Exception as e:  # truncated, corrupt, or not our file: all the same, train afresh
-            log(f"{path} is unreadable ({type(e).__name__}: {e}): retraining")
-    start = time.perf_counter()
-    model, _ = train_judge(steps=steps, seed=seed, log=log)
-    info = dict(train_s=round(time.perf_counter() - start, 1), steps=steps, seed=seed,
-                val_acc=judge_accuracy(model, degrade=False), val_acc_degraded=judge_accuracy(model, degrade=True))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(dict(config=config, model=model.state_dict(), info=info), path + ".tmp")
-    os.replace(path + ".tmp", path)  # a crash mid-write never leaves a half-written cache
-    return model, dict(info, path=path)
-
-
-def trajectory(centre, visible):
-    """Axis (N,) and a motion descriptor (N, 4) from centroid tracks (N, T, 2) over the visible frames.
-
-    The axis is the coordinate that varies more over time (0: the row, up and down;
-    1: the column, left and right); NONE when fewer than two frames are visible or the
-    digit stands still. The descriptor: spread (std) and mean step per frame, row then column.
-    """
-    v = visible.float()[..., None]                                                  # (N, T, 1)
-    count = v.sum(1).clamp(min=1)                                                   # (N, 1)
-    mean = (centre * v).sum(1) / count                                              # (N, 2)
-    spread = ((centre - mean[:, None]).square() * v).sum(1).div(count).sqrt()       # (N, 2)
-    pair = v[:, 1:] * v[:, :-1]                                                     # (N, T-1, 1): both frames visible
-    step = ((centre[:, 1:] - centre[:, :-1]).abs() * pair).sum(1) / pair.sum(1).clamp(min=1)  # (N, 2)
-    axis = spread.argmax(1)
-    still = (spread.amax(1) < MIN_MOTION) | (visible.sum(1) < 2)
-    return torch.where(still, NONE, axis), torch.cat([spread, step], 1)
-
-
-@torch.no_grad()
-def read_videos(model, videos, chunk=1024):
-    """What the judge sees in videos (N, 1, T, H, W) in [-1, 1]: a dict of per-video tensors.
-
-    digit (N,): the class with the highest mean probability over the visible frames,
-    NONE when the digit is missing from more than half the frames. frame_class (N, T):
-    each frame's class, NONE where no digit is visible. consistency (N,): the fraction
-    of frames whose class is the video's digit (0 for a video with no digit).
-    axis (N,), visible (N,): fraction of frames with a digit; features (N, F + 4): the
-    CNN's penultimate features averaged over visible frames, then the motion descriptor.
-    """
-    if videos.dim() != 5 or videos.shape[1] != 1 or videos.shape[2] < 2:
-        raise ValueError(f"videos must be (N, 1, T, H, W) with T >= 2 grayscale frames, got {tuple(videos.shape)}")
-    n, _, t, h, w = videos.shape
-    model.eval()  # BatchNorm's running statistics, no dropout
-    frames = videos[:, 0].reshape(n * t, h, w).float().clamp(-1, 1)
-    centre, visible, logits, feats = [], [], [], []
-    for part in frames.split(chunk):  # chunks bound the memory of locate's integral images
-        c, v = locate(part)
-        out = model(crop(part, c))
-        for store, x in zip((centre, visible, logits, feats), (c, v, *out)):
-            store.append(x)
-    centre, visible = torch.cat(centre).view(n, t, 2), torch.cat(visible).view(n, t)
-    probs = torch.cat(logits).softmax(-1).view(n, t, 10)
-    feats = torch.cat(feats).view(n, t, -1)
-    v = visible.float()[..., None]                                                  # (N, T, 1)
-    count = v.sum(1).clamp(min=1)                                                   # (N, 1)
-    frame_class = torch.where(visible, probs.argmax(-1), NONE)                      # (N, T)
-    digit = torch.where(visible.float().mean(1) >= 0.5, ((probs * v).sum(1) / count).argmax(-1), NONE)
-    consistency = torch.where(digit != NONE, (frame_class == digit[:, None]).float().mean(1), 0.0)
-    axis, motion = trajectory(centre, visible)
-    features = torch.cat([(feats * v).sum(1) / count, motion], 1)                   # (N, F + 4)
-    return dict(digit=digit, axis=axis, frame_class=frame_class, consistency=consistency,
-                visible=visible.float().mean(1), features=features)
-
-
-def frechet_distance(a, b):
-    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussians fitted to features a (N, D) and b (M, D)."""
-    a, b = a.double(), b.double()
-    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
-    # Tr (S_a S_b)^1/2 = Tr (S_a^1/2 S_b S_a^1/2)^1/2, and the latter is symmetric: eigh is exact and stable there
-    w, u = torch.linalg.eigh(s_a)
-    root_a = u @ torch.diag(w.clamp(min=0).sqrt()) @ u.T
-    m = root_a @ s_b @ root_a
-    trace_root = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
-    return ((a.mean(0) - b.mean(0)).square().sum() + s_a.trace() + s_b.trace() - 2 * trace_root).item()
-
-
-def real_videos(prompts, frames, skip=0, seed=0, size=64):
-    """Real validation videos (N, 1, T, size, size), one per prompt, e.g. the judge's ceiling and FD's reference.
-
-    The videos come from MovingMNIST("val", max_digits=1) in index order: the j-th time a
-    prompt appears in prompts it gets that caption's (skip + j)-th video, so two calls
-    with skip 0 and skip n on prompts holding each prompt n times never share a video.
-    """
-    need = Counter(prompts)
-    for p in need:
-        parse_prompt(p)
-    ds = MovingMNIST("val", num_frames=frames, length=10 ** 6, seed=seed, size=size, max_digits=1)
-    found = {p: [] for p in need}
-    for i in range(len(ds)):
-        p = caption(ds.recipe(i))
-        if p in found and len(found[p]) < skip + need[p]:
-            found[p].append(i)
-            if all(len(found[q]) == skip + need[q] for q in need):
-                break
-    seen = Counter()
-    videos = []
-    for p in prompts:
-        videos.append(ds[found[p][skip + seen[p]]][0])
-        seen[p] += 1
-    return torch.stack(videos)
-
-
-def judge(videos, prompts, model=None, reference=None):
-    """Scores videos (N, 1, T, H, W) in [-1, 1] against their single-digit prompts -> dict of metrics.
-
-    digit / axis / both: fraction of videos with the prompt's digit / axis / both right;
-    consistency: mean fraction of frames that show the video's digit; visible: mean
-    fraction of frames with a digit; fd: Frechet distance between the videos' judge
-    features and reference (features of real videos for the same prompts, rendered
-    here from the validation split when not given), each dimension standardised by
-    the reference's spread so CNN activations and pixel speeds weigh alike.
-    per_prompt: both-correct fraction per prompt; seconds: the time judging took.
-    """
-    start = time.perf_counter()
-    if len(prompts) != len(videos):
-        raise ValueError(f"got {len(videos)} videos but {len(prompts)} prompts")
-    if model is None:
-        model, _ = load_judge()
-    truth = torch.tensor([parse_prompt(p) for p in prompts]).view(-1, 2)           # (N, 2): digit, axis
-    seen = read_videos(model, videos)
-    if reference is None:
-        reference = read_videos(model, real_videos(prompts, videos.shape[2], size=videos.shape[-1]))["features"]
-    mean, spread = reference.mean(0), reference.std(0)
-    spread = spread.clamp(min=1e-2 * spread.mean().item() + 1e-8)                   # dead units must not divide by zero
-    fd = frechet_distance((seen["features"] - mean) / spread, (reference - mean) / spread)
-    digit_ok, axis_ok = seen["digit"] == truth[:, 0], seen["axis"] == truth[:, 1]
-    both = digit_ok & axis_ok
-    per_prompt = {p: both[[i for i, q in enumerate(prompts) if q == p]].float().mean().item() for p in dict.fromkeys(prompts)}
-    return dict(n=len(videos), frames=videos.shape[2], digit=digit_ok.float().mean().item(),
-                axis=axis_ok.float().mean().item(), both=both.float().mean().item(),
-                consistency=seen["consistency"].mean().item(), visible=seen["visible"].mean().item(),
-                fd=fd, per_prompt=per_prompt, seconds=round(time.perf_counter() - start, 2))
-
-
+# ----------------------------------------------------------------------------- quality
 def quality(generate_fn=None, n_per_prompt=8, frames=17, seed=0, model=None, reconstruct_fn=None, log=print):
     """The rows of the quality table, each a judge() dict: 'real', then 'vae' and 'generated' when given.
 

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -37,12 +38,11 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from data.moving_mnist import MovingMNIST, save_gif
+from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
-from data.video_folder import VideoFolder
+from data.loading import batches, check_folder, data_position, video_dataset
 from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate, load_checkpoint,
                     load_vae, pick_device)
 
@@ -63,6 +63,17 @@ class DataConfig:
     channels: int = 1
     max_digits: int = 2
     workers: int = 0                 # DataLoader processes; Moving MNIST renders ~8800 videos/s in the main one
+    # a video folder is scanned once before training (cached in OUT/scan.json); what it drops is listed in
+    # OUT/dropped.txt. on_bad: skip broken clips (unreadable, uncaptioned, ...) or stop with an error.
+    on_bad: str = "skip"             # skip | error
+    pad_short: bool = True           # clips shorter than the training frames: pad with the last frame, or drop
+    allow_upscale: bool = True       # clips smaller than data.size: upscale, or drop
+    # data filtering (HunyuanVideo's pipeline, course module 2.4); each 0 / false / "" is off
+    min_motion: float = 0.0          # drop near-static clips: mean |frame t+1 - frame t|, pixels in [0, 1]
+    min_content: float = 0.0         # drop near-blank clips: pixel standard deviation over the clip
+    dedupe: bool = False             # drop clips whose decoded frames equal an earlier clip's
+    min_caption_words: int = 0       # drop captions with fewer words
+    caption_regex: str = ""          # drop captions this regular expression does not find a match in
 
 
 @dataclass
@@ -145,7 +156,7 @@ class Config:
     dit: DiTConfig = field(default_factory=DiTConfig)
 
 
-CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", "mps"),
+CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "data.on_bad": ("skip", "error"), "device": ("auto", "cpu", "cuda", "mps"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
            "dit.t_sampling": ("uniform", "logit_normal"), "dit.ddpm_sampler": ("ddim", "ddpm"),
            "dit.flow_solver": ("euler", "heun")}
@@ -195,27 +206,87 @@ def merge(cfg, updates, source, prefix=""):
 
 
 def parse_args(argv=None):
+    """(Config, args) from --config and --section.key=value flags; a mistake is a one-line `error: ...`."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file over the defaults, e.g. tiny.yaml")
     p.add_argument("--stage", default="all", choices=["all", "vae", "dit"])
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in out_dir")
     args, rest = p.parse_known_args(argv)
     cfg = Config()
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise SystemExit(f"config file {args.config} not found")
-        with open(args.config) as f:
-            merge(cfg, yaml.safe_load(f) or {}, args.config)
-    for flag in rest:  # --section.key=value, the value parsed as YAML (numbers, lists, true/false)
-        if not flag.startswith("--") or "=" not in flag:
-            raise ValueError(f"cannot parse argument {flag!r}: overrides look like --dit.lr=3e-4")
-        key, value = flag[2:].split("=", 1)
-        *sections, name = key.split(".")
-        update = {name: yaml.safe_load(value)}
-        for s in reversed(sections):
-            update = {s: update}
-        merge(cfg, update, "the command line")
+    try:
+        if args.config:
+            try:
+                with open(args.config) as f:
+                    text = yaml.safe_load(f) or {}
+            except OSError as e:
+                raise ValueError(f"cannot read config file {args.config}: {e.strerror}") from None
+            except yaml.YAMLError as e:
+                raise ValueError(f"config file {args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
+            if not isinstance(text, dict):
+                raise ValueError(f"config file {args.config} must hold section: key: value pairs")
+            merge(cfg, text, args.config)
+        for flag in rest:  # --section.key=value, the value parsed as YAML (numbers, lists, true/false)
+            if not flag.startswith("--") or "=" not in flag:
+                raise ValueError(f"cannot parse argument {flag!r}: overrides look like --dit.lr=3e-4")
+            key, value = flag[2:].split("=", 1)
+            *sections, name = key.split(".")
+            try:
+                update = {name: yaml.safe_load(value)}
+            except yaml.YAMLError:
+                update = {name: value}  # a plain string, e.g. a regular expression
+            for section in reversed(sections):
+                update = {section: update}
+            merge(cfg, update, "the command line")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     return cfg, args
+
+
+def check_config(cfg, args, world):
+    """Everything that can be checked before work, each a one-line error naming the key and what it needs."""
+    data, v, d = cfg.data, cfg.vae, cfg.dit
+
+    def fail(message):
+        raise SystemExit(f"error: {message}")
+    tc = v.time_compression
+    for key, frames in (("data.frames", data.frames), ("vae.frames", v.frames), ("vae.val_frames", v.val_frames)):
+        if frames < 1 or (frames - 1) % tc:
+            fail(f"{key}={frames}: the causal VAE with vae.time_compression={tc} takes 1 + {tc}k frames "
+                 f"(1, {1 + tc}, {1 + 2 * tc}, ...)")
+    space = v.patch * 2 ** (len(v.channels) - 1)
+    if data.size % space:
+        fail(f"data.size={data.size} must be divisible by the VAE's space compression {space} "
+             f"(vae.patch x 2 per level after the first)")
+    grid = d.patch * 2 ** (d.pyramid_stages - 1 if d.objective == "pyramid" else 0)
+    if (data.size // space) % grid:
+        fail(f"the {data.size // space}x{data.size // space} latent must be divisible by {grid}: dit.patch"
+             + (" x 2^(dit.pyramid_stages - 1)" if d.objective == "pyramid" else ""))
+    if d.objective != "pyramid" and (1 + (data.frames - 1) // tc) % d.patch_t:
+        fail(f"{1 + (data.frames - 1) // tc} latent frames are not divisible by dit.patch_t={d.patch_t}")
+    for key, section in (("vae", v), ("dit", d)):
+        if section.batch_size % (world * section.grad_accum):
+            fail(f"{key}.batch_size={section.batch_size} must split evenly over {world} rank(s) x "
+                 f"{key}.grad_accum={section.grad_accum} micro-steps")
+    if d.videos < d.batch_size:
+        fail(f"dit.videos={d.videos} is fewer than one batch (dit.batch_size={d.batch_size})")
+    if data.dataset == "moving_mnist" and data.channels != 1:
+        fail(f"Moving MNIST is grayscale: data.channels must be 1, got {data.channels}")
+    if data.dataset != "moving_mnist" and not os.path.isdir(data.dataset):
+        fail(f"data.dataset={data.dataset!r}: no such folder (moving_mnist, or a folder of name.gif + name.txt)")
+    vae_path = d.vae_ckpt or os.path.join(cfg.out_dir, "vae.pt")
+    if args.stage == "dit" and not os.path.isfile(vae_path):
+        fail(f"the dit stage needs a trained VAE and found none at {vae_path}: "
+             "run `--stage vae` first (or the default `--stage all`)")
+    for stage in ("vae", "dit"):
+        existing = os.path.join(cfg.out_dir, f"{stage}.pt")
+        if args.stage in ("all", stage) and os.path.isfile(existing) and not args.resume:
+            fail(f"{existing} exists: pass --resume to continue it, or set --out_dir to start afresh")
+    try:  # the models' own checks (widths, heads, RoPE, stages): seconds at most, before any data is read
+        build_vae(dataclasses.asdict(cfg))
+        build_dit(dataclasses.asdict(d), d.vocab_size, v.latent_channels)
+        build_objective(dataclasses.asdict(d))
+    except ValueError as e:
+        fail(e)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -273,39 +344,34 @@ def all_rng_states():
 def save_checkpoint(path, state):
     """Write to a temporary file, then rename: a crash mid-write never destroys the last good checkpoint."""
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk, say: the rename never happens, so the last checkpoint is untouched
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        kept = f"the previous checkpoint {path} is intact" if os.path.isfile(path) else "no checkpoint was written"
+        raise SystemExit(f"error: could not write checkpoint {path} ({e}); {kept}") from None
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------- data
-def video_dataset(cfg, split, frames, length):
-    d = cfg.data
-    if d.dataset == "moving_mnist":
-        return MovingMNIST(split, num_frames=frames, length=length, seed=cfg.seed, size=d.size,
-                           max_digits=d.max_digits, images=d.mnist_images or None, labels=d.mnist_labels or None)
-    return VideoFolder(d.dataset, num_frames=frames, size=d.size, channels=d.channels, train=split == "train")
+STOP = {"signal": None}  # set by SIGINT (Ctrl-C) or SIGTERM: the training loop saves at its current step, then exits
 
 
-def batches(dataset, batch_size, rank, world, seed, start_step, workers=0):
-    """Endless batches in a fixed order that depends only on the seed and the step.
+def request_stop(signum, frame):
+    STOP["signal"] = signal.Signals(signum).name
 
-    The epoch and the position inside it follow from the step, so a resumed run
-    skips exactly the batches it has already seen and continues in the same order.
-    """
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    per_epoch = len(sampler) // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{len(dataset)} examples are too few for a batch of {batch_size} on each of {world} ranks")
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        sampler.set_epoch(epoch)
-        order = list(sampler)[skip * batch_size:per_epoch * batch_size]
-        # an own generator for the workers' seeds: the global RNG (training noise) is left untouched
-        seeds = torch.Generator().manual_seed(seed + epoch)
-        yield from DataLoader(dataset, batch_size, sampler=order, num_workers=workers, drop_last=True, generator=seeds)
-        epoch, skip = epoch + 1, 0
+
+def stop_requested(device):
+    """True on every rank once any rank was signalled, so all save the same step and leave together."""
+    return mean_over_ranks(float(STOP["signal"] is not None), device) > 0
+
+
+def stop_here(step, path, logger):
+    logger.bar.close()
+    raise SystemExit(f"stopped by {STOP['signal'] or 'a signal'} after step {step + 1}: checkpoint {path} saved; "
+                     "continue with --resume")
 
 
 def lr_at(step, base, warmup, total, decay=1.0):
@@ -433,8 +499,6 @@ def train_vae(cfg, rank, world, device, resume):
     disc_model = DDP(disc) if world > 1 and disc is not None else disc
 
     per_rank = v.batch_size // world
-    if per_rank * world != v.batch_size or per_rank % v.grad_accum:
-        raise ValueError(f"vae.batch_size {v.batch_size} must split evenly over {world} ranks x {v.grad_accum} micro-steps")
     train_set = video_dataset(cfg, "train", v.frames, length=max(v.steps * v.batch_size, 1000))
     data = batches(train_set, per_rank, rank, world, cfg.seed, start, cfg.data.workers)
     logger = Logger(cfg, rank, "vae", start, v.steps)
@@ -469,13 +533,16 @@ def train_vae(cfg, rank, world, device, resume):
         loss = mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
         logger.step(step, loss, logs)
-        done = step + 1 == v.steps
-        if (step + 1) % v.ckpt_every == 0 or done:
+        done, stop = step + 1 == v.steps, stop_requested(device)
+        if (step + 1) % v.ckpt_every == 0 or done or stop:
             if done:  # the DiT sees latents * scaling_factor, of unit variance (Rombach et al. 2022)
-                vae.scaling_factor.fill_(vae_lib.measure_scaling_factor(vae, vae_samples(cfg, v.frames, 64, device)))
+                x = vae_samples(cfg, "train", v.frames, 64, device)
+                vae.scaling_factor.fill_(vae_lib.measure_scaling_factor(vae, x))
             ckpt = state(step + 1)
             if rank == 0:
                 save_checkpoint(path, ckpt)
+        if stop:
+            stop_here(step, path, logger)
         if rank == 0 and ((step + 1) % v.sample_every == 0 or done):
             psnr, black = validate_vae(cfg, vae, device, os.path.join(cfg.out_dir, "samples", f"vae_{step + 1:06d}.gif"))
             logger.write(dict(step=step + 1, val_psnr=psnr))
@@ -485,9 +552,10 @@ def train_vae(cfg, rank, world, device, resume):
     barrier()
 
 
-def vae_samples(cfg, frames, n, device):
-    ds = video_dataset(cfg, "train", frames, length=n)
-    return torch.stack([ds[i][0] for i in range(n)]).to(device)
+def vae_samples(cfg, split, frames, n, device):
+    """The first n videos of a split (fewer if a video folder holds fewer), (n, C, T, H, W) on device."""
+    ds = video_dataset(cfg, split, frames, length=n)
+    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).to(device)
 
 
 @torch.no_grad()
@@ -495,19 +563,13 @@ def validate_vae(cfg, vae, device, gif_path, n=32):
     """PSNR (01_vae.psnr, averaged over videos) of reconstructions of validation videos and of all-black
     frames, for scale; a GIF: originals above, reconstructions below."""
     vae.eval()
-    ds = video_dataset(cfg, "val", cfg.vae.val_frames, length=n)
-    x = torch.stack([ds[i][0] for i in range(n)]).to(device)
+    x = vae_samples(cfg, "val", cfg.vae.val_frames, n, device)
     with autocast(device, cfg.dtype):
         recon = vae.decode(vae.encode(x).mode()).float().clamp(-1, 1)
     vae.train()
     os.makedirs(os.path.dirname(gif_path), exist_ok=True)
     save_gif(gif_path, video_grid(torch.cat([x[:8], recon[:8]]), columns=8))
     return vae_lib.psnr(x, recon).mean().item(), vae_lib.psnr(x, torch.full_like(x, -1)).mean().item()
-
-
-def data_position(step, n, batch_size):
-    epoch, batch = divmod(step, max(1, n // batch_size))
-    return {"epoch": epoch, "batch": batch}
 
 
 def resume_rng(ckpt, rank, world):
@@ -548,7 +610,8 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
             return cache["latents"], cache["captions"]
     barrier()  # nobody may still be reading an old cache when rank 0 replaces it
     ds = video_dataset(cfg, "train", cfg.data.frames, length=d.videos)
-    mine = list(range(rank, d.videos, world))
+    n = min(d.videos, len(ds))  # a video folder may hold fewer clips than dit.videos
+    mine = list(range(rank, n, world))
     parts = []
     for i in tqdm(range(0, len(mine), 32), desc="encode latents", disable=rank != 0, dynamic_ncols=True):
         x = torch.stack([ds[j][0] for j in mine[i:i + 32]]).to(device)
@@ -560,10 +623,10 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
         dist.all_gather_object(gathered, mine_latents)
     else:
         gathered = [mine_latents]
-    latents = torch.empty(d.videos, *mine_latents.shape[1:], dtype=torch.half)
+    latents = torch.empty(n, *mine_latents.shape[1:], dtype=torch.half)
     for r, part in enumerate(gathered):
         latents[r::world] = part
-    captions = [ds.caption(i) if hasattr(ds, "caption") else ds[i][1] for i in range(d.videos)]
+    captions = [ds.caption(i) if hasattr(ds, "caption") else ds[i][1] for i in range(n)]
     if rank == 0:
         save_checkpoint(path, dict(key=key, latents=latents, captions=captions))
     barrier()
@@ -574,9 +637,6 @@ def train_dit(cfg, rank, world, device, resume):
     d = cfg.dit
     path = os.path.join(cfg.out_dir, "dit.pt")
     vae_path = d.vae_ckpt or os.path.join(cfg.out_dir, "vae.pt")
-    if not os.path.isfile(vae_path):
-        raise SystemExit(f"the dit stage needs a trained VAE and found none at {vae_path}: "
-                         "run `--stage vae` first (or the default `--stage all`)")
     vae_ckpt = load_checkpoint(vae_path, "vae")
     vae = load_vae(vae_ckpt, device)
     latents, captions = cached_latents(cfg, vae, vae_ckpt, rank, world, device)
@@ -623,8 +683,6 @@ def train_dit(cfg, rank, world, device, resume):
     ddp_model = DDP(ddp_model, **no_sync_buffers) if world > 1 else ddp_model
 
     per_rank = d.batch_size // world
-    if per_rank * world != d.batch_size or per_rank % d.grad_accum:
-        raise ValueError(f"dit.batch_size {d.batch_size} must split evenly over {world} ranks x {d.grad_accum} micro-steps")
     dataset = torch.utils.data.TensorDataset(latents, ids, mask)
     data = batches(dataset, per_rank, rank, world, cfg.seed, start)
     logger = Logger(cfg, rank, "dit", start, d.steps)
@@ -656,11 +714,13 @@ def train_dit(cfg, rank, world, device, resume):
         loss = mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
         logger.step(step, loss, logs)
-        done = step + 1 == d.steps
-        if (step + 1) % d.ckpt_every == 0 or done:
+        done, stop = step + 1 == d.steps, stop_requested(device)
+        if (step + 1) % d.ckpt_every == 0 or done or stop:
             ckpt = state(step + 1)
             if rank == 0:
                 save_checkpoint(path, ckpt)
+        if stop:
+            stop_here(step, path, logger)
         if rank == 0 and ((step + 1) % d.sample_every == 0 or done):
             videos = generate(ema, objective, vae, tokenizer, d.prompts, latent_shape, d.text_len,
                               d.sample_steps, d.sample_cfg, cfg.seed, device, cfg.dtype, d.sample_cfg_rescale)
@@ -675,25 +735,30 @@ def train_dit(cfg, rank, world, device, resume):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg, args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    check_config(cfg, args, world)
     rank, world, local = setup()
     device = pick_device(cfg.device, local)
     check_dtype(device, cfg.dtype)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    for stage in ("vae", "dit"):
-        existing = os.path.join(cfg.out_dir, f"{stage}.pt")
-        if args.stage in ("all", stage) and os.path.isfile(existing) and not args.resume:
-            raise SystemExit(f"{existing} exists: pass --resume to continue it, or set --out_dir to start afresh")
     if rank == 0:
         text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
         print(f"config ({world} rank(s), {device}, {cfg.dtype}):\n{text}")
         with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
             f.write(text)
+        if cfg.data.dataset != "moving_mnist":
+            check_folder(cfg)
+    barrier()  # the other ranks read the scan from OUT/scan.json
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    STOP["signal"] = None
     try:
         if args.stage in ("all", "vae"):
             train_vae(cfg, rank, world, device, args.resume)
         if args.stage in ("all", "dit"):
             train_dit(cfg, rank, world, device, args.resume)
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
 

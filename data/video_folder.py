@@ -7,21 +7,48 @@ repeating its last frame, so every item has exactly `num_frames` frames.
 
     ds = VideoFolder("my_clips/", num_frames=17, size=64, channels=1)
     video, caption = ds[0]    # float [C, T, size, size] in [-1, 1], str
+
+`scan_folder` reads every clip once before training, so a broken file is found
+in the first minute instead of when a batch reaches it hours in, and filters the
+data the way large pipelines do (HunyuanVideo drops static clips, near-blank
+clips, duplicates and poor captions before training on anything):
+
+    pairs, report = scan_folder("my_clips/", 17, 64, 1, min_motion=0.01, dedupe=True,
+                                cache="runs/x/scan.json")
+    print(format_report(report, "my_clips/"))
+    ds = VideoFolder("my_clips/", 17, 64, 1, pairs=pairs)
 """
+import hashlib
+import json
 import os
 import random
+import re
 
 import numpy as np
 import torch
 from PIL import Image, ImageSequence
 from torch.utils.data import Dataset
+from tqdm import tqdm
+
+# Why a clip is dropped, in the order they are tested (a clip gets the first that applies).
+# BAD_REASONS are broken or unusable files: worth stopping for. FILTER_REASONS are
+# deliberate data filtering, each off unless its setting asks for it.
+BAD_REASONS = ("unreadable", "no caption", "empty caption", "caption unreadable", "too short", "too small")
+FILTER_REASONS = ("static", "blank", "duplicate", "short caption", "caption mismatch")
+REASONS = BAD_REASONS + FILTER_REASONS
+CACHE_VERSION = 1  # bump when read_gif or the facts below change meaning: old caches are then ignored
 
 
-def read_gif(path, size, channels):
-    """All frames of a GIF as uint8 (T, size, size, C); raises ValueError naming the file if unreadable."""
+def read_gif(path, size, channels, return_size=False):
+    """All frames of a GIF as uint8 (T, size, size, C); raises ValueError naming the file if unreadable.
+
+    With return_size=True, returns (video, (width, height)) with the size of the source
+    before resizing: the header has it, so knowing it costs nothing extra.
+    """
     mode = {1: "L", 3: "RGB"}[channels]
     try:
         with Image.open(path) as im:
+            source_size = im.size
             frames, durations = [], []
             for frame in ImageSequence.Iterator(im):
                 durations.append(frame.info.get("duration", 0))
@@ -37,21 +64,195 @@ def read_gif(path, size, channels):
         raise ValueError(f"video {path} has no frames")
     # GIF writers (Pillow too) merge identical consecutive frames into one longer frame;
     # repeat each frame by its duration in units of the shortest one to get them back.
+    # (A clip whose frames are all identical is one frame: nothing says how long it was.)
     base = min((d for d in durations if d > 0), default=0)
     repeats = [max(1, round(d / base)) if base else 1 for d in durations]
     video = np.repeat(np.stack(frames), repeats, axis=0)
-    return video[..., None] if channels == 1 else video
+    video = video[..., None] if channels == 1 else video
+    return (video, source_size) if return_size else video
 
 
+# ----------------------------------------------------------------------------- scanning
+def _stat(path):
+    """[bytes, mtime_ns]: what the cache compares to decide that a file is unchanged (None if unstattable)."""
+    try:
+        st = os.stat(path)
+    except OSError:  # a dangling symlink, say: read_gif then reports it as unreadable
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _video_facts(path, size, channels):
+    """Everything the filters need from one GIF, small enough to cache as JSON.
+
+    Only facts that depend on the file (and size/channels) are stored, never a
+    keep/drop decision: thresholds are applied afresh on every scan, so changing
+    one needs no re-decode.
+    """
+    try:
+        video, (width, height) = read_gif(path, size, channels, return_size=True)
+    except ValueError as e:
+        return {"error": str(e)}
+    x = video.astype(np.float32) / 255  # pixels in [0, 1], so thresholds do not depend on bit depth
+    motion = float(np.abs(np.diff(x, axis=0)).mean()) if len(x) > 1 else 0.0
+    digest = hashlib.sha1(str(video.shape).encode() + video.tobytes()).hexdigest()
+    return {"frames": len(video), "width": width, "height": height,
+            "motion": motion, "std": float(x.std()), "sha1": digest}
+
+
+def _caption_facts(path):
+    """{"caption": text} or {"error": reason}; whitespace is normalised as VideoFolder.caption does."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError):  # not UTF-8 (or not readable at all): the tokenizer needs text
+        return {"error": "caption unreadable"}
+    text = " ".join(text.split())
+    return {"caption": text} if text else {"error": "empty caption"}
+
+
+def _load_cache(cache, settings):
+    """The cached per-file facts if the cache exists and was made with the same settings, else empty."""
+    try:
+        with open(cache, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):  # missing, truncated or not JSON: scan from scratch
+        return {}, {}
+    if not isinstance(data, dict) or data.get("settings") != settings:
+        return {}, {}
+    return data.get("videos", {}), data.get("captions", {})
+
+
+def _save_cache(cache, settings, videos, captions):
+    """Write atomically: an interrupted write leaves the old cache, never half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+    tmp = f"{cache}.tmp{os.getpid()}"  # one tmp per process, in case several ranks scan at once
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"settings": settings, "videos": videos, "captions": captions}, f)
+    os.replace(tmp, cache)
+
+
+def _counts(report):
+    return ", ".join(f"{len(names)} {reason}" for reason, names in report["dropped"].items() if names)
+
+
+def scan_folder(root, num_frames, size, channels, min_motion=0.0, min_content=0.0, dedupe=False,
+                min_caption_words=0, caption_regex="", pad_short=True, allow_upscale=True, cache=None, progress=True):
+    """Read every clip of `root` once; return (kept pairs, report).
+
+    pairs: [(gif_path, txt_path)] of the kept clips, sorted by name, for VideoFolder(pairs=...).
+    report: {"kept": int, "total": int, "dropped": {reason: [gif file names]} for every reason
+    in REASONS order (empty lists included), "details": {gif file name: why, in words}}.
+
+    Filters (each 0 / False / "" = off, the default, which keeps every readable, captioned clip,
+    as VideoFolder alone would):
+      min_motion         drop "static" clips: mean |frame t+1 - frame t| (pixels in [0, 1]) below it
+      min_content        drop "blank" clips: pixel standard deviation over the clip below it
+      dedupe             drop a "duplicate": decoded frames byte-identical to an earlier kept clip
+      min_caption_words  drop a "short caption" with fewer words
+      caption_regex      drop a "caption mismatch": re.search(caption_regex, caption) finds nothing
+    pad_short=False drops clips with fewer than num_frames frames ("too short") instead of padding.
+    allow_upscale=False drops a source whose shorter side is below `size` ("too small"): upscaling blurs.
+
+    cache: a JSON file (in the run's out_dir, never the data folder) of per-file facts, reused
+    for files whose size and mtime are unchanged, so a resume or a second stage does not decode again.
+    Raises ValueError naming the folder and the reasons when no clip is kept.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if not os.path.isdir(root):
+        raise ValueError(f"video folder {root} does not exist")
+    if cache and os.path.commonpath([os.path.realpath(cache), os.path.realpath(root)]) == os.path.realpath(root):
+        raise ValueError(f"scan cache {cache} must not be written into the video folder {root}")
+    pattern = re.compile(caption_regex) if caption_regex else None  # a bad regex fails here, before any decoding
+
+    # The facts depend on the folder and on how frames are decoded; nothing else invalidates them.
+    settings = {"version": CACHE_VERSION, "root": os.path.realpath(root), "size": size, "channels": channels}
+    old_videos, old_captions = _load_cache(cache, settings) if cache else ({}, {})
+    videos, captions = {}, {}  # rebuilt from scratch, so entries of deleted files drop out
+
+    gifs = sorted(f for f in os.listdir(root) if f.lower().endswith(".gif"))  # stray .txt files are ignored
+    report = {"kept": 0, "total": len(gifs), "dropped": {r: [] for r in REASONS}, "details": {}}
+    pairs, seen = [], set()
+    for gif in tqdm(gifs, desc=f"scan {root}", disable=not progress or len(gifs) < 50):
+        gif_path = os.path.join(root, gif)
+        txt = gif[:-4] + ".txt"
+        txt_path = os.path.join(root, txt)
+
+        stat = _stat(gif_path)
+        facts = old_videos.get(gif)
+        if facts is None or stat is None or facts.get("stat") != stat:
+            facts = dict(_video_facts(gif_path, size, channels), stat=stat)
+        videos[gif] = facts
+        cap = None
+        if os.path.isfile(txt_path):
+            stat = _stat(txt_path)
+            cap = old_captions.get(txt)
+            if cap is None or stat is None or cap.get("stat") != stat:
+                cap = dict(_caption_facts(txt_path), stat=stat)
+            captions[txt] = cap
+
+        # The first reason that applies, in REASONS order; None keeps the clip.
+        reason, why = None, None
+        if "error" in facts:
+            reason, why = "unreadable", facts["error"]
+        elif cap is None:
+            reason, why = "no caption", f"no {txt}"
+        elif "error" in cap:
+            reason, why = cap["error"], f"{txt}: {cap['error']}"
+        elif not pad_short and facts["frames"] < num_frames:
+            reason, why = "too short", f"{facts['frames']} frames < {num_frames}"
+        elif not allow_upscale and min(facts["width"], facts["height"]) < size:
+            reason, why = "too small", f"source {facts['width']}x{facts['height']} < {size}"
+        elif min_motion and facts["motion"] < min_motion:
+            reason, why = "static", f"motion {facts['motion']:.4g} < {min_motion}"
+        elif min_content and facts["std"] < min_content:
+            reason, why = "blank", f"pixel std {facts['std']:.4g} < {min_content}"
+        elif dedupe and facts["sha1"] in seen:
+            reason, why = "duplicate", "same frames as an earlier clip"
+        elif min_caption_words and len(cap["caption"].split()) < min_caption_words:
+            reason, why = "short caption", f"{len(cap['caption'].split())} words < {min_caption_words}"
+        elif pattern and pattern.search(cap["caption"]) is None:
+            reason, why = "caption mismatch", f"caption does not match {caption_regex!r}"
+
+        if reason is None:
+            pairs.append((gif_path, txt_path))
+            seen.add(facts["sha1"])  # only kept clips count as originals: a dropped copy keeps no one out
+        else:
+            report["dropped"][reason].append(gif)
+            report["details"][gif] = why
+    report["kept"] = len(pairs)
+
+    if cache:
+        _save_cache(cache, settings, videos, captions)
+    if not pairs:
+        raise ValueError(f"video folder {root}: no usable clips ({_counts(report) or 'no .gif files'})")
+    return pairs, report
+
+
+def format_report(report, root):
+    """A few lines for the log: the counts per reason, then up to 3 example names each."""
+    total = report.get("total", report["kept"] + sum(len(n) for n in report["dropped"].values()))
+    lines = [f"video folder {root}: kept {report['kept']} of {total} clips; dropped: {_counts(report) or 'none'}"]
+    for reason, names in report["dropped"].items():
+        if names:
+            lines.append(f"  {reason}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- dataset
 class VideoFolder(Dataset):
-    def __init__(self, root, num_frames=17, size=64, channels=1, train=True):
+    def __init__(self, root, num_frames=17, size=64, channels=1, train=True, pairs=None):
+        """pairs: [(gif_path, txt_path)] from scan_folder; None lists every pair in `root` unchecked."""
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         if not os.path.isdir(root):
             raise ValueError(f"video folder {root} does not exist")
-        names = sorted(f[:-4] for f in os.listdir(root) if f.lower().endswith(".gif"))
-        self.pairs = [(os.path.join(root, n + ".gif"), os.path.join(root, n + ".txt"))
-                      for n in names if os.path.isfile(os.path.join(root, n + ".txt"))]
+        if pairs is None:
+            names = sorted(f[:-4] for f in os.listdir(root) if f.lower().endswith(".gif"))
+            pairs = [(os.path.join(root, n + ".gif"), os.path.join(root, n + ".txt"))
+                     for n in names if os.path.isfile(os.path.join(root, n + ".txt"))]
+        self.pairs = list(pairs)
         if not self.pairs:
             raise ValueError(f"no name.gif + name.txt pairs in video folder {root}")
         self.num_frames, self.size, self.channels, self.train = num_frames, size, channels, train

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import bench
+from data import judge as judge_lib
 from data.moving_mnist import DIGIT, MovingMNIST, bounce, load_mnist
 
 
@@ -34,7 +35,7 @@ class Templates(torch.nn.Module):
     def __init__(self, ds, images):
         super().__init__()
         frames = torch.cat([render(ds, i, 0, 1)[0] for i in images])                 # (10, 64, 64)
-        self.templates = bench.crop(frames, bench.locate(frames)[0])                    # (10, 1, 28, 28)
+        self.templates = judge_lib.crop(frames, judge_lib.locate(frames)[0])            # (10, 1, 28, 28)
 
     def forward(self, x):
         d = (x[:, None] - self.templates[None]).square().flatten(2).sum(-1)             # (N, 10)
@@ -44,9 +45,9 @@ class Templates(torch.nn.Module):
 def test_axis_is_exact_on_real_videos(val):
     n, t = 120, 17
     videos = torch.stack([val[i][0] for i in range(n)])                                 # (n, 1, T, 64, 64)
-    centre, visible = bench.locate(videos[:, 0].reshape(n * t, 64, 64))
+    centre, visible = judge_lib.locate(videos[:, 0].reshape(n * t, 64, 64))
     centre, visible = centre.view(n, t, 2), visible.view(n, t)
-    axis, motion = bench.trajectory(centre, visible)
+    axis, motion = judge_lib.trajectory(centre, visible)
     assert visible.all()
     assert axis.tolist() == [val.recipe(i)[0].axis for i in range(n)]
     # the track is the recipe's path plus a fixed offset (the digit's own centroid)
@@ -58,7 +59,7 @@ def test_axis_is_exact_on_real_videos(val):
 def test_crop_holds_the_whole_digit_wherever_it_is(val, images):
     digits, _ = load_mnist()
     frames = torch.stack([val[i][0][0, 0] for i in range(100)])                         # (100, 64, 64)
-    crops = bench.crop(frames, bench.locate(frames)[0])
+    crops = judge_lib.crop(frames, judge_lib.locate(frames)[0])
     assert crops.shape == (100, 1, DIGIT, DIGIT) and crops.min() >= 0 and crops.max() <= 1
     assert torch.allclose(crops.sum((1, 2, 3)), ((frames + 1) / 2).sum((1, 2)), atol=1e-3)  # no ink left outside
     # the same digit in the corners, the middle and touching an edge gives the same crop: MNIST's own image
@@ -66,7 +67,7 @@ def test_crop_holds_the_whole_digit_wherever_it_is(val, images):
     frames = -torch.ones(len(at), 64, 64)
     for f, (r, c) in zip(frames, at):
         f[r:r + DIGIT, c:c + DIGIT] = torch.from_numpy(digits[images[3]].astype(np.float32)) / 127.5 - 1
-    crops = bench.crop(frames, bench.locate(frames)[0])
+    crops = judge_lib.crop(frames, judge_lib.locate(frames)[0])
     assert all(torch.equal(c, crops[0]) for c in crops)
     assert torch.isclose(crops[0].sum(), torch.tensor(digits[images[3]] / 255.0).sum().float(), atol=1e-3)
     # a speck far from the digit does not move the centre
@@ -74,14 +75,14 @@ def test_crop_holds_the_whole_digit_wherever_it_is(val, images):
     specked[:, 60:63, 60:63] = 1.0
     specked[1, 0:3, 0:3] = 1.0  # the digit at (36, 36) gets its speck in the opposite corner
     specked[1, 60:63, 60:63] = frames[1, 60:63, 60:63]
-    assert torch.allclose(bench.locate(specked[[0, 1]])[0], bench.locate(frames[[0, 1]])[0])
+    assert torch.allclose(judge_lib.locate(specked[[0, 1]])[0], judge_lib.locate(frames[[0, 1]])[0])
 
 
 def test_judge_scores_a_handmade_set(val, images):
     model = Templates(val, images).eval()
-    prompts = bench.PROMPTS
-    good = torch.stack([render(val, images[d], a, 17) for d, a in (bench.parse_prompt(p) for p in prompts)])
-    right = bench.judge(good, prompts, model, reference=bench.read_videos(model, good)["features"])
+    prompts = judge_lib.PROMPTS
+    good = torch.stack([render(val, images[d], a, 17) for d, a in (judge_lib.parse_prompt(p) for p in prompts)])
+    right = judge_lib.judge(good, prompts, model, reference=judge_lib.read_videos(model, good)["features"])
     assert right["digit"] == right["axis"] == right["both"] == right["consistency"] == right["visible"] == 1.0
     assert abs(right["fd"]) < 1e-6 and right["n"] == 20 and right["frames"] == 17
     assert set(right["per_prompt"].values()) == {1.0}
@@ -93,23 +94,23 @@ def test_judge_scores_a_handmade_set(val, images):
     bad[3] = render(val, images[4], 1, 17)                # the wrong digit, the right axis
     bad[4, :, 6:] = -1                                    # visible in 6 of 17 frames: no digit
     bad[5, :, 9:] = good[7, :, 9:]                        # 2 for 9 frames, then 3: the vote says 2, 8 frames disagree
-    seen = bench.read_videos(model, bad)
-    assert seen["digit"].tolist() == [bench.NONE, 0, 1, 4, bench.NONE, 2]
-    assert seen["axis"].tolist() == [bench.NONE, bench.NONE, 1, 1, 0, 1]
+    seen = judge_lib.read_videos(model, bad)
+    assert seen["digit"].tolist() == [judge_lib.NONE, 0, 1, 4, judge_lib.NONE, 2]
+    assert seen["axis"].tolist() == [judge_lib.NONE, judge_lib.NONE, 1, 1, 0, 1]
     assert torch.allclose(seen["consistency"], torch.tensor([0, 1, 1, 1, 0, 9 / 17]))
-    m = bench.judge(bad, prompts[:6], model, reference=bench.read_videos(model, good)["features"])
+    m = judge_lib.judge(bad, prompts[:6], model, reference=judge_lib.read_videos(model, good)["features"])
     assert m["digit"] == pytest.approx(3 / 6) and m["axis"] == pytest.approx(3 / 6) and m["both"] == pytest.approx(1 / 6)
     assert m["fd"] > 1.0
 
 
 def test_any_frame_count_and_quality_rows(val, images):
     model = Templates(val, images).eval()
-    two = torch.stack([render(val, images[d], a, 2) for d, a in (bench.parse_prompt(p) for p in bench.PROMPTS)])
-    assert bench.judge(two, bench.PROMPTS, model)["both"] == 1.0  # reference rendered from the val split, T = 2
+    two = torch.stack([render(val, images[d], a, 2) for d, a in (judge_lib.parse_prompt(p) for p in judge_lib.PROMPTS)])
+    assert judge_lib.judge(two, judge_lib.PROMPTS, model)["both"] == 1.0  # reference rendered from the val split, T = 2
 
     def generate(prompts, seed):
         rng = np.random.default_rng(seed)
-        return torch.stack([render(val, images[d], a, 9, start=int(rng.integers(0, 30))) for d, a in map(bench.parse_prompt, prompts)])
+        return torch.stack([render(val, images[d], a, 9, start=int(rng.integers(0, 30))) for d, a in map(judge_lib.parse_prompt, prompts)])
 
     rows = bench.quality(generate, n_per_prompt=2, model=model, reconstruct_fn=lambda x: x, log=None)
     assert list(rows) == ["real", "vae", "generated"] and rows["real"]["frames"] == 9 and rows["generated"]["n"] == 40
@@ -118,50 +119,50 @@ def test_any_frame_count_and_quality_rows(val, images):
 
 
 def test_real_reference_is_disjoint_and_matches_prompts():
-    prompts = bench.PROMPTS[:4] * 2
-    a, b = bench.real_videos(prompts, 3), bench.real_videos(prompts, 3, skip=2)
+    prompts = judge_lib.PROMPTS[:4] * 2
+    a, b = judge_lib.real_videos(prompts, 3), judge_lib.real_videos(prompts, 3, skip=2)
     assert a.shape == (8, 1, 3, 64, 64)
     assert not any(torch.equal(x, y) for x in a for y in b)
-    assert torch.equal(a[4:], bench.real_videos(prompts[4:], 3, skip=1))
+    assert torch.equal(a[4:], judge_lib.real_videos(prompts[4:], 3, skip=1))
 
 
 def test_frechet_distance():
     a = torch.randn(400, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     shift = torch.tensor([1.0, -2.0, 0.5])
-    assert abs(bench.frechet_distance(a, a)) < 1e-9
-    assert bench.frechet_distance(a, a + shift) == pytest.approx(shift.square().sum().item(), abs=1e-9)
+    assert abs(judge_lib.frechet_distance(a, a)) < 1e-9
+    assert judge_lib.frechet_distance(a, a + shift) == pytest.approx(shift.square().sum().item(), abs=1e-9)
     # S_b = 4 S_a: Tr(S + 4S - 2 * 2S) = Tr(S)
     cov = torch.cov(a.T.double())
-    assert bench.frechet_distance(a - a.mean(0), 2 * (a - a.mean(0))) == pytest.approx(cov.trace().item(), rel=1e-6)
+    assert judge_lib.frechet_distance(a - a.mean(0), 2 * (a - a.mean(0))) == pytest.approx(cov.trace().item(), rel=1e-6)
 
 
 def test_judge_cnn_learns_and_caches(tmp_path, monkeypatch):
-    model, losses = bench.train_judge(steps=40, batch_size=32, log=None)
+    model, losses = judge_lib.train_judge(steps=40, batch_size=32, log=None)
     assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.3
     logits, features = model(torch.rand(5, 1, DIGIT, DIGIT))
     assert logits.shape == (5, 10) and features.shape == (5, 64)
 
-    monkeypatch.setattr(bench, "judge_accuracy", lambda model, degrade: 0.5)  # the full validation set takes seconds
+    monkeypatch.setattr(judge_lib, "judge_accuracy", lambda model, degrade: 0.5)  # the full validation set takes seconds
     path = tmp_path / "judge.pt"
     path.write_bytes(b"not a checkpoint")
     said = []
-    first, info = bench.load_judge(str(path), steps=3, log=said.append)
+    first, info = judge_lib.load_judge(str(path), steps=3, log=said.append)
     assert "unreadable" in said[0] and info["val_acc"] == 0.5 and info["steps"] == 3
-    again, info_again = bench.load_judge(str(path), steps=3, log=said.append)
+    again, info_again = judge_lib.load_judge(str(path), steps=3, log=said.append)
     assert len(said) == 1 and info_again == info
     assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), again.state_dict().values()))
-    bench.load_judge(str(path), steps=4, log=said.append)
+    judge_lib.load_judge(str(path), steps=4, log=said.append)
     assert "other settings" in said[1]
 
 
 def test_bad_input_names_the_problem():
-    model = bench.DigitCNN().eval()
+    model = judge_lib.DigitCNN().eval()
     with pytest.raises(ValueError, match="single-digit"):
-        bench.parse_prompt("digit 3 is moving up and down and digit 7 is moving left and right")
+        judge_lib.parse_prompt("digit 3 is moving up and down and digit 7 is moving left and right")
     with pytest.raises(ValueError, match="2 prompts"):
-        bench.judge(torch.zeros(3, 1, 4, 64, 64), bench.PROMPTS[:2], model)
+        judge_lib.judge(torch.zeros(3, 1, 4, 64, 64), judge_lib.PROMPTS[:2], model)
     with pytest.raises(ValueError, match="T >= 2"):
-        bench.read_videos(model, torch.zeros(3, 1, 1, 64, 64))
+        judge_lib.read_videos(model, torch.zeros(3, 1, 1, 64, 64))
     with pytest.raises(ValueError, match="n_per_prompt"):
         bench.quality(None, n_per_prompt=0, model=model)
 

@@ -180,15 +180,15 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
 
 
 def test_config_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown config key 'dit.lrr'.*did you mean 'dit.lr'"):
+    with pytest.raises(SystemExit, match=r"unknown config key 'dit.lrr'.*did you mean 'dit.lr'"):
         train.parse_args(["--dit.lrr=1e-3"])
-    with pytest.raises(ValueError, match="'vae.steps' must be int"):
+    with pytest.raises(SystemExit, match="'vae.steps' must be int"):
         train.parse_args(["--vae.steps=many"])
-    with pytest.raises(ValueError, match="'dit.objective' must be one of"):
+    with pytest.raises(SystemExit, match="'dit.objective' must be one of"):
         train.parse_args(["--dit.objective=gan"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("vae:\n  chanels: [8, 16]\n")
-    with pytest.raises(ValueError, match=r"'vae.chanels' in .*bad.yaml \(did you mean 'vae.channels'"):
+    with pytest.raises(SystemExit, match=r"'vae.chanels' in .*bad.yaml \(did you mean 'vae.channels'"):
         train.parse_args(["--config", str(bad)])
     cfg, _ = train.parse_args(["--config", os.path.join(ROOT, "tiny.yaml"), "--dit.steps=7", "--vae.lr=2e-4"])
     tiny = yaml.safe_load(open(os.path.join(ROOT, "tiny.yaml")))
@@ -206,7 +206,7 @@ def test_lr_schedule_warms_up_holds_then_decays():
     wsd = [train.lr_at(s, 1.0, warm, total, decay=0.5) for s in range(total)]
     assert wsd[:60] == [train.lr_at(s, 1.0, warm, total, decay=0.0) for s in range(60)]
     assert wsd[60:] == [train.lr_at(s, 1.0, warm, 60) for s in range(warm, 60)]
-    with pytest.raises(ValueError, match=r"'dit.lr_decay' must be in \[0.0, 1.0\], got 1.5"):
+    with pytest.raises(SystemExit, match=r"'dit.lr_decay' must be in \[0.0, 1.0\], got 1.5"):
         train.parse_args(["--dit.lr_decay=1.5"])
 
 
@@ -243,9 +243,9 @@ def test_config_reaches_every_objective_knob():
                         "--dit.pyramid_stage_ratios=[1, 3]", "--dit.history_noise=0.2")
     assert (pyramid.shift, pyramid.stage_ratios, pyramid.history_noise) == (2.0, [1.0, 3.0], 0.2)
     assert objective("--dit.objective=pyramid", "--dit.flow_shift=3").shift == 1.0  # its own shift, not flow's
-    with pytest.raises(ValueError, match="'dit.flow_solver' must be one of"):
+    with pytest.raises(SystemExit, match="'dit.flow_solver' must be one of"):
         train.parse_args(["--dit.flow_solver=rk4"])
-    with pytest.raises(ValueError, match=r"'dit.sample_cfg_rescale' must be in \[0.0, 1.0\]"):
+    with pytest.raises(SystemExit, match=r"'dit.sample_cfg_rescale' must be in \[0.0, 1.0\]"):
         train.parse_args(["--dit.sample_cfg_rescale=2"])
 
 
@@ -258,3 +258,110 @@ def test_device_auto_and_bf16_warning(monkeypatch, capsys):
     assert "no native bf16" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="fp16 needs a GPU"):
         sample.check_dtype(torch.device("cpu"), "fp16")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dit.lrr=1"], "unknown config key 'dit.lrr'"),
+    (["--vae.steps=many"], "'vae.steps' must be int"),
+    (["--dit.objective=gan"], "'dit.objective' must be one of"),
+    (["--data.frames=6"], r"data.frames=6: the causal VAE .* takes 1 \+ 2k frames"),
+    (["--data.size=36"], "data.size=36 must be divisible by the VAE's space compression 8"),
+    (["--dit.batch_size=7", "--dit.grad_accum=2"], "dit.batch_size=7 must split evenly"),
+    (["--dit.videos=4"], "dit.videos=4 is fewer than one batch"),
+    (["--dit.heads=3"], "divisible"),
+    (["--data.channels=3"], "Moving MNIST is grayscale"),
+    (["--data.dataset=no/such/folder"], "no such folder"),
+    (["--stage", "dit", "--dit.vae_ckpt=nowhere.pt"], "needs a trained VAE and found none at nowhere.pt"),
+    (["--config", "missing.yaml"], "cannot read config file missing.yaml"),
+    (["--dit.objective=pyramid", "--dit.pyramid_stages=3"], "latent must be divisible by 8"),
+])
+def test_user_errors_are_one_line_before_any_work(flags, message, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", toy_config(tmp_path)] + flags)
+    text = str(stop.value)
+    assert text.startswith("error: ") and "\n" not in text
+    assert __import__("re").search(message, text), text
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "config.yaml").exists()  # nothing ran
+
+
+def test_command_line_errors_print_one_line_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dit: [unclosed\n")
+    for cmd in ([os.path.join(ROOT, "train.py"), "--config", str(bad)],
+                [os.path.join(ROOT, "sample.py"), "--ckpt", str(tmp_path / "none.pt"), "--prompt", "digit 1"]):
+        result = subprocess.run([sys.executable] + cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for argv, message in ((["--prompt", "  "], "a --prompt is empty"), (["--prompt", "x", "--n", "0"], "--n must be"),
+                          (["--prompts", str(tmp_path / "nope.txt")], "cannot read --prompts file")):
+        with pytest.raises(SystemExit):
+            sample.main(["--ckpt", "whatever.pt"] + argv)
+
+
+def test_video_folder_is_scanned_and_filtered_before_training(tmp_path, capsys):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    from data.moving_mnist import MovingMNIST, save_gif
+    ds = MovingMNIST("val", num_frames=5, size=32, max_digits=1)
+    for i in range(4):
+        save_gif(str(clips / f"c{i}.gif"), ds[i][0])
+        (clips / f"c{i}.txt").write_text(ds[i][1])
+    save_gif(str(clips / "still.gif"), ds[0][0][:, :1].repeat(1, 5, 1, 1))
+    (clips / "still.txt").write_text(ds[0][1])
+    (clips / "broken.gif").write_bytes(b"GIF89a nope")
+    (clips / "broken.txt").write_text("digit 1 is moving up and down")
+    (clips / "mute.gif").write_bytes((clips / "c0.gif").read_bytes())
+    out = tmp_path / "run"
+    config = toy_config(out, data={"dataset": str(clips), "min_motion": 0.001},
+                        vae={"steps": 1, "ckpt_every": 1, "sample_every": 1, "val_frames": 5})
+    train.main(["--config", config, "--stage", "vae"])
+    printed = capsys.readouterr().out
+    assert "kept 4 of 7 clips; dropped: 1 unreadable, 1 no caption, 1 static" in printed
+    assert sorted(line.split("\t")[0] for line in (out / "dropped.txt").read_text().splitlines()) == \
+        ["broken.gif", "mute.gif", "still.gif"]
+    assert (out / "scan.json").exists() and not any(f.endswith(".json") for f in os.listdir(clips))
+    with pytest.raises(SystemExit, match=r"error: 2 broken clip\(s\) in .*data.on_bad=skip"):
+        train.main(["--config", config, "--stage", "vae", "--resume", "--data.on_bad=error"])
+
+
+def test_interrupt_saves_and_resume_matches_an_uninterrupted_run(vae_ckpt, tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) mid-run: a checkpoint at the current step, a one-line exit; --resume ends bitwise where an
+    uninterrupted run ends."""
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    args = ["--stage", "dit", f"--dit.vae_ckpt={vae_ckpt}", "--dit.ckpt_every=100"]
+    train.main(["--config", toy_config(straight)] + args)
+    update, calls, handler = train.ema_update, [], signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_during_step_2(*a):
+        update(*a)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(train, "ema_update", ctrl_c_during_step_2)
+    with pytest.raises(SystemExit, match="stopped by SIGINT after step 2.*--resume"):
+        train.main(["--config", toy_config(broken)] + args)
+    monkeypatch.setattr(train, "ema_update", update)
+    assert signal.getsignal(signal.SIGINT) is handler  # put back
+    assert train.load_checkpoint(str(broken / "dit.pt"), "dit")["step"] == 2
+    train.main(["--config", toy_config(broken), "--resume"] + args)
+    a, b = (train.load_checkpoint(str(d / "dit.pt"), "dit") for d in (straight, broken))
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after an interrupted run"
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = str(tmp_path / "dit.pt")
+    train.save_checkpoint(path, {"kind": "dit", "step": 1})
+    real = torch.save
+
+    def disk_full(obj, f):
+        real(obj, f)  # half a file on disk, then the error
+        with open(f, "r+b") as handle:
+            handle.truncate(10)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(SystemExit, match=r"could not write checkpoint .*No space left.*previous checkpoint .* intact"):
+        train.save_checkpoint(path, {"kind": "dit", "step": 2})
+    monkeypatch.undo()
+    assert train.load_checkpoint(path, "dit")["step"] == 1 and not os.path.exists(path + ".tmp")
