@@ -82,21 +82,14 @@ def quality(generate_fn=None, n_per_prompt=8, frames=17, seed=0, model=None, rec
     return rows
 
 
-def load_generator(ckpt, steps=None, cfg=None):
+def load_generator(ckpt, *sample_flags):
     """generate_fn(prompts, seed) -> videos (N, 1, T, 64, 64), and reconstruct_fn(videos) -> videos, from a checkpoint.
 
-    Sampling uses sample.py's defaults for steps and guidance unless told otherwise, so the
-    table scores exactly what `python sample.py --ckpt ...` writes.
+    Sampling goes through sample.py with its flags (e.g. "--cfg", "4"), its defaults otherwise, so the
+    table scores exactly what `python sample.py --ckpt CKPT FLAGS` writes.
     """
-    defaults = sample.parser().parse_args(["--ckpt", ckpt])
-    device = sample.pick_device(defaults.device)
-    model, objective, vae, tokenizer, config, latent_shape = sample.load(ckpt, device)
-    d = config["dit"]
-    steps, cfg = steps or defaults.steps, d.get("sample_cfg", 8.0) if cfg is None else cfg
-
-    def generate_fn(prompts, seed):
-        return sample.generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], steps, cfg,
-                               seed, device, config["dtype"], d.get("sample_cfg_rescale", 0.0))
+    generate_fn, vae, config = sample.sampler(sample.parser().parse_args(["--ckpt", ckpt, *sample_flags]))
+    device = vae.scaling_factor.device
 
     @torch.no_grad()
     def reconstruct_fn(videos):  # the VAE's ceiling: no video this VAE decodes can score above it
@@ -133,7 +126,9 @@ def run_quality(args):
           f"val accuracy {info['val_acc']:.4f} clean, {info['val_acc_degraded']:.4f} degraded")
     generate_fn = reconstruct_fn = None
     if args.ckpt:
-        generate_fn, reconstruct_fn = load_generator(args.ckpt, args.steps, args.cfg)
+        flags = [f for name in ("steps", "cfg", "cfg_rescale", "shift", "solver", "sampler", "dtype")
+                 if getattr(args, name) is not None for f in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
+        generate_fn, reconstruct_fn = load_generator(args.ckpt, *flags)
     rows = quality(generate_fn, args.n, args.frames, args.seed, model, reconstruct_fn)
     print_quality(rows, info)
     report = dict(command=args.command_line, date=datetime.date.today().isoformat(),
@@ -298,6 +293,12 @@ def run_speed(args):
     report = dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(),
                   device=str(device), config=args.config, reps=args.reps)
 
+    # bf16 where the hardware has it: an emulated bf16 matmul on an AVX2-only CPU takes minutes, not seconds
+    precisions = PRECISIONS if sample.native_bf16(device) else ("fp32",)
+    fast = report["fast_precision"] = precisions[-1]
+    if fast == "fp32":
+        print("this CPU has no native bf16 (AVX512-BF16 or AMX): timing fp32 only")
+
     def figures(module, loss_fn, precision, **counts):  # one training step: seconds, throughputs, peak memory
         step = backward_step(module, loss_fn, device, precision)
         s = seconds(step, device, args.reps)
@@ -306,7 +307,7 @@ def run_speed(args):
     # ---- the yardstick: a big square matmul, about the best any model here can reach
     n = args.matmul or (8192 if device.type == "cuda" else 2048)
     peak = report["matmul_gflops"] = {}
-    for p in PRECISIONS:
+    for p in precisions:
         a, b = (torch.randn(n, n, device=device, dtype=torch.float32 if p == "fp32" else torch.bfloat16) for _ in "ab")
         peak[p] = 2 * n ** 3 / seconds(lambda: a @ b, device, args.reps) / 1e9
     table(f"matmul peak, {n} x {n} x {n}", {p: {"GFLOP/s": g} for p, g in peak.items()})
@@ -317,22 +318,22 @@ def run_speed(args):
     x = torch.rand(b, cfg.data.channels, t, size, size, device=device) * 2 - 1
     report["vae"] = dict(params=params(vae), batch=b, frames=t, size=size)
     rows = report["vae_train"] = {p: figures(vae, lambda: F.mse_loss(vae(x)[0].float(), x), p, videos=b, frames=b * t)
-                                  for p in PRECISIONS}
+                                  for p in precisions}
     table(f"VAE training step: {params(vae) / 1e6:.2f}M parameters, batch {b} x {t} x {size} x {size}", rows)
 
     # ---- VAE inference: encode + decode of one video, in one pass or streamed in chunks of latent frames
-    rows = report["vae_inference_bf16"] = {}
+    rows = report["vae_inference"] = {}
     for frames in args.vae_frames:
         video = torch.rand(1, cfg.data.channels, frames, size, size, device=device) * 2 - 1
         for chunk in (None, args.chunk):
             @torch.no_grad()
             def codec(video=video, chunk=chunk):
-                with sample.autocast(device, "bf16"):
+                with sample.autocast(device, fast):
                     vae.decode(vae.encode(video, chunk).mode(), chunk)
             s = seconds(codec, device, args.reps)
             rows[f"{frames} frames, " + (f"chunks of {chunk}" if chunk else "one pass")] = dict(
                 s=s, frames_per_s=frames / s, peak_MiB=peak_mib(codec, device))
-    table("VAE encode + decode of one video, bf16", rows)
+    table(f"VAE encode + decode of one video, {fast}", rows)
 
     # ---- DiT: one training step on latents of the config's videos, against the analytic FLOP count
     d, b = cfg.dit, args.batch or cfg.dit.batch_size
@@ -343,7 +344,7 @@ def run_speed(args):
     report["dit"] = dict(params=params(model), batch=b, latent=[C, T, H, W], tokens=L + n_video,
                          gflop_per_step=flops / 1e9)
     rows = report["dit_train"] = {}
-    for prec in PRECISIONS:  # any scalar of the output will do: backward costs the same
+    for prec in precisions:  # any scalar of the output will do: backward costs the same
         r = figures(model, lambda: model(x0, t, ids, mask).float().square().mean(), prec,
                     samples=b, tokens=b * (L + n_video))
         gflops, mem = flops / r["step_s"] / 1e9, r.pop("peak_MiB")  # memory stays the last column
@@ -354,18 +355,18 @@ def run_speed(args):
     # ---- objectives: the same DiT trained and sampled through each (pyramid: sample_steps per stage)
     n = min(20, b)  # sampling batch: the quality table samples its 20 prompts at once
     null_ids, null_mask = sample.diffusion.null_caption(n, L, device)
-    rows = report["objectives_bf16"] = {}
+    rows = report["objectives"] = {}
     for name in OBJECTIVES:
         objective = sample.build_objective(dataclasses.asdict(d) | {"objective": name})
 
         def draw(steps):
-            with sample.autocast(device, "bf16"):
+            with sample.autocast(device, fast):
                 objective.sample(model, (n, C, T, H, W), dict(ids=ids[:n], mask=mask[:n]),
                                  uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=d.sample_cfg)
-        rows[name] = figures(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), "bf16", samples=b)
+        rows[name] = figures(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), fast, samples=b)
         draw(1)  # the warm-up at one step: a whole sampling run is long
         rows[name]["sample_s_per_video"] = seconds(lambda: draw(d.sample_steps), device, 1, warmup=False) / n
-    table(f"objectives, bf16: training step at batch {b}; sampling, {d.sample_steps} steps with guidance, "
+    table(f"objectives, {fast}: training step at batch {b}; sampling, {d.sample_steps} steps with guidance, "
           f"batch {n}", rows)
 
     # ---- pyramid: video tokens per transformer call (text left out), against the full sequence
@@ -389,7 +390,7 @@ def run_speed(args):
         rows = report["diffusers"] = {}
         for name, (module, loss_fn) in diffusers_steps(cfg, x, model, x0, t, device).items():
             ours, mine = (vae, report["vae_train"]) if name == "VAE" else (model, report["dit_train"])
-            for prec in PRECISIONS:
+            for prec in precisions:
                 theirs = figures(module, loss_fn, prec)
                 rows[f"{name} {prec}"] = dict(
                     params_ours=params(ours), params_theirs=params(module), ours_s=mine[prec]["step_s"],
@@ -405,7 +406,7 @@ def run_objectives(args):
     begin, run = time.perf_counter(), args.run_dir
     for f in ("config.yaml", "vae.pt", "latents.pt", "tokenizer.json"):
         if not os.path.isfile(os.path.join(run, f)):
-            raise SystemExit(f"{run} is not a finished run: {f} is missing (train.py writes it)")
+            raise SystemExit(f"error: {run} is not a finished run: {f} is missing (train.py writes it)")
     config = os.path.join(run, "config.yaml")  # the run's resolved config: the latent cache's key will match
     cfg, _ = train.parse_args(["--config", config])
     device = sample.pick_device(cfg.device)
@@ -471,6 +472,11 @@ def main(argv=None):
     q.add_argument("--seed", type=int, default=0, help="generation seeds are seed .. seed + n - 1")
     q.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.py's)")
     q.add_argument("--cfg", type=float, default=None, help="guidance scale (default: sample.py's)")
+    q.add_argument("--cfg-rescale", type=float, default=None, help="guidance rescale phi (sample.py's --cfg-rescale)")
+    q.add_argument("--shift", type=float, default=None, help="flow: sampling time shift (sample.py's --shift)")
+    q.add_argument("--solver", choices=["euler", "heun"], default=None, help="flow: ODE solver")
+    q.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="ddpm: DDIM or ancestral")
+    q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: the checkpoint's")
     q.add_argument("--out", default="runs/bench", help="where judge.pt and quality.json go")
     q.add_argument("--retrain", action="store_true", help="retrain the judge even if judge.pt is cached")
     q.set_defaults(run=run_quality)

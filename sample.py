@@ -3,6 +3,7 @@
     python sample.py --ckpt data/pretrained/tiny.pt --prompt "digit 3 is moving up and down"
     python sample.py --ckpt runs/tiny/dit.pt --prompt "digit 7 is moving left and right" --n 4 --steps 50 --cfg 8
     python sample.py --ckpt runs/tiny/dit.pt --prompts prompts.txt     # one prompt a line, batched
+    python sample.py --ckpt runs/tiny/dit.pt --export data/pretrained/tiny.pt   # slim bf16 weights to share
 
 For each prompt p and sample i it writes `<out>/<slug>_<i>.gif` and `<slug>_<i>.txt`
 (the exact prompt: the video-folder format data/video_folder.py reads), and one
@@ -46,17 +47,22 @@ def pick_device(name="auto", local_rank=0):
     return torch.device("cpu")
 
 
+def native_bf16(device):
+    """bf16 matmuls in hardware: any CUDA or MPS device, or a CPU with AVX512-BF16 or AMX."""
+    if device.type != "cpu":
+        return True
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 def check_dtype(device, dtype):
     """fp16 needs a GPU; bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated, and far slower
     than fp32 (a 2048^3 matmul: 0.17 s in fp32, minutes in bf16 on an AVX2-only EPYC)."""
     if dtype == "fp16" and device.type == "cpu":
         raise SystemExit("error: dtype fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
-    if dtype == "bf16" and device.type == "cpu":
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)() or \
-            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        if not native:
-            print("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 autocast is emulated "
-                  "and can be many times slower than fp32: pass --dtype=fp32", file=sys.stderr)
+    if dtype == "bf16" and not native_bf16(device):
+        print("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 autocast is emulated "
+              "and can be many times slower than fp32: pass --dtype=fp32", file=sys.stderr)
 
 
 def autocast(device, dtype):
@@ -143,6 +149,20 @@ def load(path, device, **overrides):
     return model.to(device).eval(), build_objective(config["dit"]), vae, tokenizer, config, ckpt["latent_shape"]
 
 
+def export(path, out):
+    """A copy of a dit.pt to share, as data/pretrained/tiny.pt is made: the EMA DiT and the VAE with their weights
+    in bf16 (scalars such as the VAE's scaling factor stay fp32), the tokenizer and the config; no optimizer
+    state, training weights or RNG. About a quarter of the dit.pt; load() reads it like any dit.pt."""
+    ckpt = load_checkpoint(path, "dit")
+    slim = {k: ckpt[k] for k in ("kind", "step", "config", "tokenizer", "vocab_size", "latent_shape", "vae_config")}
+    for part in ("ema", "vae"):
+        slim[part] = {k: v.bfloat16() if v.is_floating_point() and v.numel() > 1 else v for k, v in ckpt[part].items()}
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    torch.save(slim, out + ".tmp")
+    os.replace(out + ".tmp", out)
+    print(f"wrote {out} ({os.path.getsize(out) / 2 ** 20:.1f} MiB) from {path}, step {ckpt['step']}")
+
+
 # ----------------------------------------------------------------------------- output
 def slug(prompt):
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:80] or "prompt"
@@ -185,36 +205,38 @@ def parser():
     p.add_argument("--batch", type=int, default=64, help="videos generated at once")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: the checkpoint's")
+    p.add_argument("--export", metavar="OUT", help="write a slim bf16 copy of --ckpt to OUT for sharing, and stop")
     return p
 
 
-def read_prompts(p, args):
-    """The prompts of --prompt and --prompts, checked before any model is built."""
+def read_prompts(args):
+    """The prompts of --prompt and --prompts, and the options, checked before any model is built."""
+    def fail(message):
+        raise SystemExit(f"error: {message}")
     prompts = [" ".join(text.split()) for text in args.prompt]
     if args.prompts:
         try:
             with open(args.prompts, encoding="utf-8") as f:
                 prompts += [line.strip() for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
-            p.error(f"cannot read --prompts file {args.prompts}: {e}")
+            fail(f"cannot read --prompts file {args.prompts}: {e}")
     if not prompts:
-        p.error("give at least one --prompt or a --prompts file")
+        fail("give at least one --prompt or a --prompts file")
     if any(not text for text in prompts):
-        p.error("a --prompt is empty: give the caption to generate, e.g. --prompt \"digit 3 is moving up and down\"")
+        fail("a --prompt is empty: give the caption to generate, e.g. --prompt \"digit 3 is moving up and down\"")
     for name in ("n", "steps", "batch"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+            fail(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.cfg_rescale is not None and not 0 <= args.cfg_rescale <= 1:
-        p.error(f"--cfg-rescale must be in [0, 1], got {args.cfg_rescale}")
+        fail(f"--cfg-rescale must be in [0, 1], got {args.cfg_rescale}")
     if args.shift is not None and args.shift <= 0:
-        p.error(f"--shift must be > 0, got {args.shift}")
+        fail(f"--shift must be > 0, got {args.shift}")
     return prompts
 
 
-def main(argv=None):
-    p = parser()
-    args = p.parse_args(argv)
-    prompts = read_prompts(p, args)
+def sampler(args):
+    """generate_fn(prompts, seed) -> videos, the VAE and the config, for parsed sample.py arguments: every
+    setting from the flags, else from the checkpoint. bench.py quality scores what this returns."""
     device = pick_device(args.device)
     model, objective, vae, tokenizer, config, latent_shape = load(
         args.ckpt, device, sample_shift=args.shift, flow_solver=args.solver, ddpm_sampler=args.sampler)
@@ -223,14 +245,25 @@ def main(argv=None):
     check_dtype(device, dtype)
     cfg = d.get("sample_cfg", 8.0) if args.cfg is None else args.cfg
     rescale = d.get("sample_cfg_rescale", 0.0) if args.cfg_rescale is None else args.cfg_rescale
-    tokenizer.encode(prompts, d["text_len"])  # fail (or warn about unseen words) before any work
+
+    def generate_fn(prompts, seed, progress=False):
+        tokenizer.encode(prompts, d["text_len"])  # fail (or warn about unseen words) before any work
+        return generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], args.steps, cfg,
+                        seed, device, dtype, rescale, progress)
+    return generate_fn, vae, config
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.export:
+        return export(args.ckpt, args.export)
+    prompts = read_prompts(args)
+    generate_fn = sampler(args)[0]
 
     jobs = [prompt for prompt in prompts for _ in range(args.n)]
     videos = []
     for start in range(0, len(jobs), args.batch):
-        videos.append(generate(model, objective, vae, tokenizer, jobs[start:start + args.batch], latent_shape,
-                               d["text_len"], args.steps, cfg, args.seed + start, device, dtype,
-                               cfg_rescale=rescale, progress=True).cpu())
+        videos.append(generate_fn(jobs[start:start + args.batch], args.seed + start, progress=True).cpu())
     videos = torch.cat(videos)
 
     os.makedirs(args.out, exist_ok=True)
