@@ -11,6 +11,7 @@ that the diffusion transformer of 02_dit.py learns to generate. Four ideas:
    from the single pass. Normalising each frame on its own makes both exact.
 3. Chunks with a conv cache. Each causal conv keeps the last frames of its input for the
    next chunk, so a long video streams through in pieces and matches the single pass.
+   ContextParallel runs the pieces at once, one per rank, handing those frames from rank to rank.
 4. Shortcuts around every change of shape (DC-AE, Chen et al. 2025): average when going down,
    repeat when going up, so the convs only learn a residual. DC-AE needs them to train at
    high compression; here they are what lets a CPU budget of a few thousand steps suffice.
@@ -20,6 +21,7 @@ that the diffusion transformer of 02_dit.py learns to generate. Four ideas:
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
@@ -28,8 +30,10 @@ from einops import rearrange
 class CausalConv3d(nn.Module):
     """Conv3d padded causally in time (repeating frame 0) and with zeros in space.
 
-    With a `cache` dict it streams: every chunk after the first is front-padded with the last
+    With a `cache` it streams: every chunk after the first is front-padded with the last
     k_t - s_t padded input frames of the chunk before, exactly the frames a single pass would see.
+    `cache` is a dict (chunks, one process) or a ContextParallel (pieces, one per rank); both answer
+    `cache.get(conv, start)`, the frames before x, and take `cache[conv] = tail` for the next piece.
     """
 
     def __init__(self, cin, cout, kernel=3, stride=1):
@@ -41,10 +45,9 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(cin, cout, (kt, kh, kw), stride=(st, sh, sw), padding=(0, kh // 2, kw // 2))
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
-        if cache is not None and self in cache:
-            front = cache[self]                                     # (B, C, keep, H, W), previous chunk
-        else:
-            front = x[:, :, :1].expand(-1, -1, self.front, -1, -1)  # start of the video: repeat frame 0
+        front = x[:, :, :1].expand(-1, -1, self.front, -1, -1)  # start of the video: repeat frame 0
+        if cache is not None:
+            front = cache.get(self, front)  # unless a piece came before: its last `keep` frames
         x = torch.cat([front, x], dim=2)
         if cache is not None:
             cache[self] = x[:, :, x.shape[2] - self.keep:]
@@ -189,6 +192,54 @@ class DiagonalGaussian:
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
 
 
+class ContextParallel:
+    """Context parallelism (CogVideoX): each rank of a process group holds one consecutive piece of the time
+    axis and they encode or decode at once. Passed where the chunked path passes its `cache` dict: the halo
+    is the same, each causal conv's last k_t - s_t input frames, but it comes from rank r - 1 instead of from
+    the chunk before. All ranks run the same layers in the same order, so the i-th send of rank r meets the
+    i-th recv of rank r + 1, and rank 0 receives nothing: the chain cannot deadlock. Forward only: send
+    and recv carry no gradient, which is all that encoding data and decoding samples need."""
+
+    def __init__(self, group=None):  # None: the default group, all ranks
+        self.group, self.rank, self.world = group, dist.get_rank(group), dist.get_world_size(group)
+
+    def __contains__(self, conv):  # asked by Downsample/Upsample: only rank 0's piece starts the video
+        return self.rank > 0
+
+    def get(self, conv, start):  # the frames before this rank's piece: rank r - 1's tail of the same conv
+        if self.rank == 0:
+            return start
+        front = start.new_empty(start.shape[:2] + (conv.keep,) + start.shape[3:])
+        dist.recv(front, group_src=self.rank - 1, group=self.group)
+        return front
+
+    def __setitem__(self, conv, tail):  # after the recv: a piece shorter than `keep` hands on received frames
+        if self.rank < self.world - 1:
+            dist.send(tail.contiguous(), group_dst=self.rank + 1, group=self.group)
+
+    def split(self, x, tc):
+        """This rank's piece of x (B, C, 1 + tc*k, H, W), cut on latent frames as chunked encode cuts: rank 0 gets
+        1 + tc*k_0 frames, rank r > 0 tc*k_r, k_r >= 1. tc: vae.time_compression for videos, 1 for latents."""
+        k, world = (x.shape[2] - 1) // tc, self.world
+        if (x.shape[2] - 1) % tc or k < world - 1:
+            raise ValueError(f"cannot cut {x.shape[2]} frames into 1 + {tc}k_0, {tc}k_1, ... frames with k_r >= 1 "
+                             f"for {world} ranks")
+        # k as even as it goes; rank 0 holds frame 0 on top of its share, so it gets the smaller one
+        ks = [k // world + (r >= world - k % world) for r in range(world)]
+        start = 0 if self.rank == 0 else 1 + tc * sum(ks[:self.rank])
+        return x[:, :, start:1 + tc * sum(ks[:self.rank + 1])]
+
+    def gather(self, piece):
+        """Every rank's piece, joined in time. all_gather wants one shape: gather the lengths, pad, trim."""
+        sizes = [torch.zeros(1, dtype=torch.long, device=piece.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([piece.shape[2]], device=piece.device), group=self.group)
+        sizes = [int(n) for n in sizes]
+        padded = F.pad(piece, (0, 0, 0, 0, 0, max(sizes) - piece.shape[2])).contiguous()
+        pieces = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(pieces, padded, group=self.group)
+        return torch.cat([p[:, :, :n] for p, n in zip(pieces, sizes)], dim=2)
+
+
 class CausalVAE(nn.Module):
     """Causal 3D VAE. Space compression patch * 2 ** (len(channels) - 1); time compression a power
     of two, done in the last log2(time_compression) downsamplings."""
@@ -212,31 +263,41 @@ class CausalVAE(nn.Module):
         # 1 / std of the latents, measured after training so that the DiT sees unit variance (LDM)
         self.register_buffer("scaling_factor", torch.tensor(1.0))
 
-    def check_video(self, x):
+    def check_video(self, x, first=True):
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected a video (B, {self.in_channels}, T, H, W), got shape {tuple(x.shape)}")
         t, h, w = x.shape[2:]
         tc, s = self.time_compression, self.space_compression
-        if (t - 1) % tc:
+        if first and (t - 1) % tc:
             allowed = ", ".join(str(1 + tc * k) for k in range(5))
             raise ValueError(f"this VAE takes 1 + {tc}k frames ({allowed}, ...), got {t}")
+        if not first and (t % tc or t == 0):  # a context-parallel piece after the first has no frame 0
+            raise ValueError(f"a piece after the first takes {tc}k frames, k >= 1, got {t}")
         if h % s or w % s:
             raise ValueError(f"height and width must be divisible by the spatial compression {s}, got {h}x{w}")
 
-    def encode(self, x, chunk=None):
+    @staticmethod
+    def check_pieces(chunk, parallel):
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
+        if parallel is not None and (chunk is not None or torch.is_grad_enabled()):
+            raise ValueError("context-parallel encode/decode takes no chunk and runs under torch.no_grad() "
+                             "(send and recv carry no gradient)")
+
+    def encode(self, x, chunk=None, parallel=None):
         """x (B, C, 1 + tc*k, H, W) in [-1, 1] -> posterior over (B, c, 1 + k, H/s, W/s).
 
         chunk (latent frames): stream the video in pieces of chunk * tc frames (the first piece
         also gets frame 0), passing each causal conv's last frames on in `cache`. Same result, with
-        memory set by the chunk instead of the video length. This is the single-device form of
-        CogVideoX's context parallelism: there rank r holds one piece of the time axis and, before
-        every causal conv, sends its last k_t - s_t frames to rank r + 1 and receives its front
-        padding from rank r - 1 (rank 0 repeats frame 0), so all pieces run at once.
+        memory set by the chunk instead of the video length. parallel: a ContextParallel, the
+        multi-process form of the same (CogVideoX's context parallelism): x is this rank's piece,
+        parallel.split(video, tc), and so is the posterior; parallel.gather joins the pieces.
         """
-        self.check_video(x)
-        if chunk is not None and chunk < 1:
-            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
-        if chunk is None:
+        self.check_video(x, first=parallel is None or parallel.rank == 0)
+        self.check_pieces(chunk, parallel)
+        if parallel is not None:  # each causal conv's front padding arrives from rank - 1
+            mean, logvar = self.encoder(x, parallel)
+        elif chunk is None:
             mean, logvar = self.encoder(x)
         else:
             n = chunk * self.time_compression
@@ -246,14 +307,14 @@ class CausalVAE(nn.Module):
             mean, logvar = torch.cat(means, dim=2), torch.cat(logvars, dim=2)
         return DiagonalGaussian(mean.float(), logvar.float())
 
-    def decode(self, z, chunk=None):
-        """z (B, c, 1 + k, h, w) -> video (B, C, 1 + tc*k, h*s, w*s); chunk as in encode."""
+    def decode(self, z, chunk=None, parallel=None):
+        """z (B, c, 1 + k, h, w) -> video (B, C, 1 + tc*k, h*s, w*s); chunk and parallel as in encode
+        (with parallel, z is this rank's piece of the latents, parallel.split(z, 1))."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
             raise ValueError(f"expected latents (B, {self.latent_channels}, t, h, w), got shape {tuple(z.shape)}")
-        if chunk is not None and chunk < 1:
-            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
+        self.check_pieces(chunk, parallel)
         if chunk is None:
-            return self.decoder(z)
+            return self.decoder(z, parallel)
         cache = {}
         return torch.cat([self.decoder(piece, cache) for piece in z.split(chunk, dim=2)], dim=2)
 

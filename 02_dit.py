@@ -10,8 +10,8 @@ with their own weights, then single-stream blocks). 3D RoPE tells video tokens w
 (t, h, w); qk-norm keeps the attention logits bounded.
 
 For later files: `attention="factorized"` (spatial then temporal attention, the design CogVideoX argues
-against), `history=` and `causal=True` for Pyramid Flow's autoregressive temporal pyramid (05), and
-activation checkpointing.
+against), `history=` and `causal=True` for Pyramid Flow's autoregressive temporal pyramid (05), activation
+checkpointing, and `sp_group=` for Ulysses sequence parallelism (ulysses_attention) across processes.
 
     python 02_dit.py    # overfits 8 captioned random latents with a flow-matching loss, prints the loss
                         # curve, samples them back from their captions -> runs/demo/dit_samples.png
@@ -21,6 +21,7 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
@@ -113,7 +114,7 @@ def attention(q, k, v, attn_mask=None):
     """softmax(q k^T / sqrt(head_dim)) v: each query attends to the keys where attn_mask is True.
     q, k, v (B, heads, S, head_dim); attn_mask bool, broadcastable to (B, heads, S, S), e.g. (B, 1, 1, S).
     GPUs run PyTorch's fused kernel (flash attention, which never stores the S x S scores). On a CPU at our
-    ~100 tokens this written-out form is faster than any of PyTorch's kernels (README, Speed), and baddbmm
+    ~100 tokens this written-out form is faster than any of PyTorch's kernels (docs/speed.md), and baddbmm
     adds the mask, as a bias of -inf (weight 0 after the softmax), inside the score matmul."""
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -149,6 +150,51 @@ def factorized_attention(q, k, v, attn_mask, n_text, frames, axis):
     return torch.cat([text, video.flatten(2, 3)], dim=2)                    # (B, heads, S, head_dim)
 
 
+class AllToAll(torch.autograd.Function):
+    """Cut x into W equal pieces along scatter_dim, send piece j to rank j of `group`, and concatenate the W
+    pieces that arrive, in rank order, along gather_dim. Its gradient is the reverse all-to-all."""
+
+    @staticmethod
+    def forward(ctx, x, scatter_dim, gather_dim, group):
+        ctx.dims, ctx.group = (gather_dim, scatter_dim), group
+        pieces = [p.contiguous() for p in x.chunk(dist.get_world_size(group), scatter_dim)]
+        received = [torch.empty_like(p) for p in pieces]
+        dist.all_to_all(received, pieces, group=group)
+        return torch.cat(received, gather_dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return AllToAll.apply(grad, *ctx.dims, ctx.group), None, None, None
+
+
+def all_gather(x, dim, group):
+    """Every rank's x, concatenated in rank order along dim: an all-to-all of W copies of x, so that autograd
+    sums the W ranks' gradients of this x (gloo has no reduce-scatter, the usual backward of an all-gather)."""
+    return AllToAll.apply(torch.cat([x] * dist.get_world_size(group), dim), dim, dim, group)
+
+
+def ulysses_attention(q, k, v, attn_mask, group, n_text=0):
+    """Ulysses sequence parallelism (DeepSpeed-Ulysses; HunyuanVideo, Pyramid Flow): full attention while each of
+    the W ranks of `group` holds 1/W of the video tokens. q, k, v (B, heads, n_text + N/W, head_dim): the caption,
+    which every rank holds whole (it is short, and every video query needs all of it), then this rank's N/W
+    video tokens. An all-to-all trades sequence shards for head shards, all N video tokens of heads/W heads;
+    their caption part is cut from the local copy, which sending would only duplicate. After attention, the
+    reverse all-to-all gives back this rank's video tokens with all heads, and an all-gather over heads the
+    whole caption output, which keeps the caption identical on every rank. attn_mask: the full sequence's."""
+    world, rank, heads = dist.get_world_size(group), dist.get_rank(group), q.shape[1]
+    if heads % world:
+        raise ValueError(f"Ulysses attention splits the {heads} heads over the {world} ranks of the group: "
+                         f"heads must be divisible by the world size")
+    mine = slice(rank * heads // world, (rank + 1) * heads // world)
+
+    def full_sequence(z):  # (B, heads, L + N/W, hd) -> (B, heads/W, L + N, hd)
+        return torch.cat([z[:, mine, :n_text], AllToAll.apply(z[:, :, n_text:], 1, 2, group)], dim=2)
+
+    out = attention(full_sequence(q), full_sequence(k), full_sequence(v), attn_mask)  # (B, heads/W, L + N, hd)
+    text = all_gather(out[:, :, :n_text], 1, group)                         # (B, heads, L, hd)
+    return torch.cat([text, AllToAll.apply(out[:, :, n_text:], 2, 1, group)], dim=2)  # (B, heads, L + N/W, hd)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with qk-norm: LayerNorm over head_dim on queries and keys (CogVideoX), which
     bounds the logits q.k / sqrt(head_dim) and keeps low-precision training stable. axis="full" attends over
@@ -164,14 +210,18 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(dim // heads, eps=1e-6)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, attn_mask=None, rope=None, n_text=0, frames=1):
+    def forward(self, x, attn_mask=None, rope=None, n_text=0, frames=1, group=None):
         """x (B, S, D); attn_mask bool (B, 1, S or 1, S), True = may attend; rope angles (S, head_dim/2).
-        Factorized attention also needs n_text (the caption comes first) and the number of video frames."""
+        Factorized attention also needs n_text (the caption comes first) and the number of video frames.
+        group: x holds the caption and this rank's video shard, rope its angles, attn_mask the full sequence's
+        (ulysses_attention, full attention only)."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, S, hd)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        if self.axis == "full":
+        if group is not None:
+            out = ulysses_attention(q, k, v, attn_mask, group, n_text)
+        elif self.axis == "full":
             out = attention(q, k, v, attn_mask)                             # (B, heads, S, head_dim)
         else:
             out = factorized_attention(q, k, v, attn_mask, n_text, frames, self.axis)
@@ -195,16 +245,16 @@ class ExpertBlock(nn.Module):
         nn.init.zeros_(self.adaLN[1].weight)
         nn.init.zeros_(self.adaLN[1].bias)
 
-    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1):
+    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, sp_group=None):
         """text (B, L, D), video (B, N, D), emb (B, D) timestep embedding -> updated (text, video).
-        rope, attn_mask and frames are for the joint sequence [text; video] (see Attention)."""
+        rope, attn_mask, frames and sp_group are for the joint sequence [text; video] (see Attention)."""
         text_mod, video_mod = self.adaLN(emb)[:, None].chunk(2, dim=-1)      # (B, 1, 6D) each
         txt_shift_a, txt_scale_a, txt_gate_a, txt_shift_m, txt_scale_m, txt_gate_m = text_mod.chunk(6, dim=-1)
         vid_shift_a, vid_scale_a, vid_gate_a, vid_shift_m, vid_scale_m, vid_gate_m = video_mod.chunk(6, dim=-1)
         L = text.shape[1]
         h = torch.cat([modulate(self.norm1(text), txt_shift_a, txt_scale_a),
                        modulate(self.norm1(video), vid_shift_a, vid_scale_a)], dim=1)   # (B, L + N, D)
-        h = self.attn(h, attn_mask, rope, L, frames)
+        h = self.attn(h, attn_mask, rope, L, frames, sp_group)
         text, video = text + txt_gate_a * h[:, :L], video + vid_gate_a * h[:, L:]
         text = text + txt_gate_m * self.mlp(modulate(self.norm2(text), txt_shift_m, txt_scale_m))
         video = video + vid_gate_m * self.mlp(modulate(self.norm2(video), vid_shift_m, vid_scale_m))
@@ -283,11 +333,15 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, ids, mask, history=None, causal=False):
+    def forward(self, x, t, ids, mask, history=None, causal=False, sp_group=None):
         """x (B, C, T, H, W) latents; t (B,) timesteps on 0..1000; ids, mask (B, L) the caption.
         history: past latent frames, oldest first, each (B, C, 1, h_j, w_j) with h_j <= H, w_j <= W, put in the
         sequence [text; history; x] (Pyramid Flow's temporal pyramid); it implies causal=True, the
-        block-causal mask by latent frame. Returns x's shape: the prediction at x's tokens only."""
+        block-causal mask by latent frame. Returns x's shape: the prediction at x's tokens only.
+        sp_group: Ulysses sequence parallelism over this process group's W ranks. Every rank passes the same
+        inputs and gets the whole prediction; in between, each runs the blocks on 1/W of the video tokens
+        (the caption replicated, see ulysses_attention). Every rank then computes the same loss, and the
+        mean of the ranks' gradients is the single-process gradient (what DDP's averaging does)."""
         history = list(history or [])
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be latents (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
@@ -301,8 +355,8 @@ class DiT(nn.Module):
         if history and self.patch_t != 1:
             raise ValueError(f"history frames are single latent frames, so they need patch_t=1, not {self.patch_t}")
         causal = causal or bool(history)
-        if causal and self.attention != "full":
-            raise ValueError("history and causal=True need attention='full' "
+        if (causal or sp_group is not None) and self.attention != "full":
+            raise ValueError("history, causal=True and sp_group need attention='full' "
                              "(factorized attention is for the CogVideoX ablation)")
 
         p, pt = self.patch, self.patch_t
@@ -323,12 +377,22 @@ class DiT(nn.Module):
         if causal:
             frame_tokens = [h * w for h, w in grids]
             attn_mask = attn_mask & block_causal_mask(text.shape[1], frame_tokens, x.device)  # (B, 1, S, S)
+        if sp_group is not None:  # keep this rank's consecutive 1/W of the video tokens, and their RoPE angles
+            world, rank, N, L = dist.get_world_size(sp_group), dist.get_rank(sp_group), video.shape[1], text.shape[1]
+            if N % world:
+                raise ValueError(f"sequence parallelism splits the {N} video tokens over {world} ranks: "
+                                 f"they must be divisible by the world size")
+            mine = slice(rank * N // world, (rank + 1) * N // world)
+            video, rope = video[:, mine], torch.cat([rope[:L], rope[L:][mine]])
         for block in self.blocks:
             if self.checkpointing and torch.is_grad_enabled():
                 # keep only each block's inputs; recompute its activations in backward (memory for compute)
-                text, video = checkpoint(block, text, video, emb, rope, attn_mask, frames, use_reentrant=False)
+                text, video = checkpoint(block, text, video, emb, rope, attn_mask, frames, sp_group,
+                                         use_reentrant=False)
             else:
-                text, video = block(text, video, emb, rope, attn_mask, frames)
+                text, video = block(text, video, emb, rope, attn_mask, frames, sp_group)
+        if sp_group is not None:  # every rank gets the whole sequence, and so returns the whole prediction
+            video = all_gather(video, 1, sp_group)
 
         shift, scale = self.final_adaLN(emb)[:, None].chunk(2, dim=-1)      # (B, 1, D) each
         out = self.final_linear(modulate(self.final_norm(video[:, -frames * rows * cols:]), shift, scale))
@@ -364,10 +428,10 @@ if __name__ == "__main__":
         z = torch.randn_like(x0)
         for k in range(20, 0, -1):
             z = z - model(z, torch.full((n,), 1000 * k / 20), ids, mask) / 20
-    dist = torch.cdist(z.flatten(1), x0.flatten(1)) ** 2 / x0[0].numel()   # (sample, latent) mean squared error
-    others = dist[~torch.eye(n, dtype=torch.bool)].mean()
-    print(f"samples closest to their own caption's latent: {(dist.argmin(1) == torch.arange(n)).sum()}/{n}; "
-          f"MSE to own latent {dist.diag().mean():.3f}, to the others {others:.3f}")
+    mse = torch.cdist(z.flatten(1), x0.flatten(1)) ** 2 / x0[0].numel()    # (sample, latent) mean squared error
+    others = mse[~torch.eye(n, dtype=torch.bool)].mean()
+    print(f"samples closest to their own caption's latent: {(mse.argmin(1) == torch.arange(n)).sum()}/{n}; "
+          f"MSE to own latent {mse.diag().mean():.3f}, to the others {others:.3f}")
     # channel 0 of frame 0 of each latent, upscaled: targets above, samples below
     tiles = torch.cat([x0[:, 0, 0], z[:, 0, 0]], dim=1).clamp(-2.5, 2.5)   # (n, 2H, W)
     grid = ((tiles.permute(1, 0, 2).flatten(1) + 2.5) * 51).byte().numpy()  # (2H, n*W)

@@ -20,6 +20,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import functools
 import importlib
 import inspect
 import json
@@ -37,6 +38,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+
+try:
+    import resource  # the peak memory that metrics.jsonl logs: Unix only
+except ImportError:
+    resource = None
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -98,6 +107,7 @@ class VAEConfig:
     ckpt_every: int = 500
     sample_every: int = 1000
     val_frames: int = 17             # validation PSNR is measured on 17-frame videos
+    context_parallel: int = 1        # latent cache: N ranks per video, each encoding a piece of its time axis (01)
 
 
 @dataclass
@@ -113,6 +123,8 @@ class DiTConfig:
     patch_t: int = 1
     attention: str = "full"          # full | factorized
     checkpointing: bool = False
+    sequence_parallel: int = 1       # N ranks per sample, each holding 1/N of the video tokens (Ulysses, 02)
+    fsdp: bool = False               # shard weights, gradients and AdamW state over the ranks (FSDP2) instead of DDP
     vocab_size: int = 128            # BPE pieces asked for; a tiny corpus gives fewer
     videos: int = 8000               # training videos encoded once into the latent cache
     batch_size: int = 64
@@ -130,7 +142,7 @@ class DiTConfig:
     snr_shift: float = 1.0           # ddpm: CogVideoX's SNR shift of the noise schedule (03)
     ddpm_sampler: str = "ddim"       # ddpm: ddim | ddpm (ancestral, Ho et al. Algorithm 2) (03)
     t_sampling: str = "uniform"      # flow: uniform | logit_normal (SD3: more training near t = 0.5) (04)
-    flow_shift: float = 1.0          # flow: time shift s of training's t and, unless sample_shift is set, of sampling (04)
+    flow_shift: float = 1.0          # flow: time shift s of training's t, and of sampling unless sample_shift (04)
     sample_shift: float = 0.0        # flow: time shift of the sampling grid; 0 = flow_shift (04)
     flow_solver: str = "euler"       # flow: euler | heun, for previews and sample.py (04)
     pyramid_stages: int = 2          # pyramid: spatial stages K (05)
@@ -156,7 +168,8 @@ class Config:
     dit: DiTConfig = field(default_factory=DiTConfig)
 
 
-CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "data.on_bad": ("skip", "error"), "device": ("auto", "cpu", "cuda", "mps"),
+CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "data.on_bad": ("skip", "error"),
+           "device": ("auto", "cpu", "cuda", "mps"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
            "dit.t_sampling": ("uniform", "logit_normal"), "dit.ddpm_sampler": ("ddim", "ddpm"),
            "dit.flow_solver": ("euler", "heun")}
@@ -263,9 +276,21 @@ def check_config(cfg, args, world):
              + (" x 2^(dit.pyramid_stages - 1)" if d.objective == "pyramid" else ""))
     if d.objective != "pyramid" and (1 + (data.frames - 1) // tc) % d.patch_t:
         fail(f"{1 + (data.frames - 1) // tc} latent frames are not divisible by dit.patch_t={d.patch_t}")
-    for key, section in (("vae", v), ("dit", d)):
-        if section.batch_size % (world * section.grad_accum):
-            fail(f"{key}.batch_size={section.batch_size} must split evenly over {world} rank(s) x "
+    tokens = (1 + (data.frames - 1) // tc) // d.patch_t * (data.size // space // d.patch) ** 2
+    if tokens % d.sequence_parallel:
+        fail(f"{tokens} video tokens do not split over dit.sequence_parallel={d.sequence_parallel} ranks")
+    for key, n in (("vae.context_parallel", v.context_parallel), ("dit.sequence_parallel", d.sequence_parallel)):
+        if n < 1 or world % n:
+            fail(f"{key}={n} must divide the {world} rank(s) of this run (torchrun --nproc_per_node)")
+    sp = d.sequence_parallel
+    if sp > 1 and (d.objective == "pyramid" or d.compile or d.fsdp or d.attention != "full" or d.heads % sp):
+        fail(f"dit.sequence_parallel={sp} needs the flow or ddpm objective, full attention, dit.heads divisible "
+             f"by {sp}, and neither dit.compile nor dit.fsdp")
+    if d.fsdp and d.compile:
+        fail("dit.fsdp runs eagerly: set dit.compile=false")
+    for key, section, ranks in (("vae", v, world), ("dit", d, world // sp)):  # ranks of one sequence share a batch
+        if section.batch_size % (ranks * section.grad_accum):
+            fail(f"{key}.batch_size={section.batch_size} must split evenly over {ranks} data-parallel rank(s) x "
                  f"{key}.grad_accum={section.grad_accum} micro-steps")
     if d.videos < d.batch_size:
         fail(f"dit.videos={d.videos} is fewer than one batch (dit.batch_size={d.batch_size})")
@@ -291,14 +316,12 @@ def check_config(cfg, args, world):
 
 # ----------------------------------------------------------------------------- runtime
 def setup():
-    """(rank, world_size, device) under torchrun (RANK set) or as a plain single process."""
-    if "RANK" in os.environ:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        rank, world, local = dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
-    else:
-        rank, world, local = 0, 1, 0
-    return rank, world, local
+    """(rank, world_size, local_rank) under torchrun (RANK set), in a process group the caller made, or alone."""
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
 
 
 def barrier():
@@ -312,6 +335,16 @@ def mean_over_ranks(value, device):
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return t.item()
+
+
+def subgroups(n, rank, world):
+    """(group, index, count): with n > 1, the ranks split into world / n groups of n consecutive ranks that work
+    on the same samples (context or sequence parallel), and index / count number the groups, which is what data
+    parallelism then sees; with n = 1, no group and every rank is its own."""
+    if n == 1:
+        return None, rank, world
+    group, _ = dist.new_subgroups(group_size=n)
+    return group, rank // n, world // n
 
 
 def rng_state():
@@ -378,8 +411,8 @@ def lr_at(step, base, warmup, total, decay=1.0):
     """Linear warm-up, hold, then cosine decay to a tenth of the base rate over the last `decay` of the steps.
 
     decay=1 is the classic warm-up + cosine; decay<1 is warmup-stable-decay (Hu et al. 2024, MiniCPM): the full
-    rate is held until the decay starts, so a run can be lengthened from any checkpoint before it. On tiny.yaml, decay=0 (constant)
-    scored 0.07 lower digit accuracy than decay=1 (README).
+    rate is held until the decay starts, so a run can be lengthened from any checkpoint before it. On tiny.yaml,
+    decay=0 (constant) scored 0.07 lower digit accuracy than decay=1 (docs/experiments.md).
     """
     if step < warmup:
         return base * (step + 1) / warmup
@@ -415,6 +448,7 @@ def train_step(model, opt, scaler, loss_fn, micro_batches, device, dtype, clip):
 @torch.no_grad()
 def ema_update(ema, model, decay):
     for e, p in zip(ema.parameters(), model.parameters()):
+        p = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 holds a shard: gather the whole weight
         e.lerp_(p.detach().float(), 1 - decay)
 
 
@@ -445,6 +479,8 @@ class Logger:
         if self.rank == 0:
             self.bar.set_postfix(loss=f"{loss:.4f}", step_s=f"{seconds:.2f}")
             self.bar.update(1)
+            if resource is not None:  # this process's peak resident memory, MiB (ru_maxrss is KiB on Linux)
+                logs = {**logs, "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
             self.write({**logs, "step": step + 1, "loss": loss, "step_s": round(seconds, 4)})
 
     def write(self, record):
@@ -544,7 +580,8 @@ def train_vae(cfg, rank, world, device, resume):
         if stop:
             stop_here(step, path, logger)
         if rank == 0 and ((step + 1) % v.sample_every == 0 or done):
-            psnr, black = validate_vae(cfg, vae, device, os.path.join(cfg.out_dir, "samples", f"vae_{step + 1:06d}.gif"))
+            gif = os.path.join(cfg.out_dir, "samples", f"vae_{step + 1:06d}.gif")
+            psnr, black = validate_vae(cfg, vae, device, gif)
             logger.write(dict(step=step + 1, val_psnr=psnr))
             logger.print(f"step {step + 1}: validation PSNR {psnr:.2f} dB on {v.val_frames}-frame videos "
                          f"(all-black frames: {black:.2f} dB)")
@@ -611,12 +648,19 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
     barrier()  # nobody may still be reading an old cache when rank 0 replaces it
     ds = video_dataset(cfg, "train", cfg.data.frames, length=d.videos)
     n = min(d.videos, len(ds))  # a video folder may hold fewer clips than dit.videos
-    mine = list(range(rank, n, world))
+    cp = cfg.vae.context_parallel  # with cp > 1, the cp ranks of a group encode one video together, in pieces
+    group, g, groups = subgroups(cp, rank, world)
+    mine = list(range(g, n, groups))
     parts = []
     for i in tqdm(range(0, len(mine), 32), desc="encode latents", disable=rank != 0, dynamic_ncols=True):
         x = torch.stack([ds[j][0] for j in mine[i:i + 32]]).to(device)
         with autocast(device, cfg.dtype):
-            parts.append((vae.encode(x).mode().float() * vae.scaling_factor).half().cpu())
+            if group is None:
+                z = vae.encode(x).mode()
+            else:
+                pieces = vae_lib.ContextParallel(group)
+                z = pieces.gather(vae.encode(pieces.split(x, vae.time_compression), parallel=pieces).mode())
+            parts.append((z.float() * vae.scaling_factor).half().cpu())
     mine_latents = torch.cat(parts)
     if world > 1:
         gathered = [None] * world
@@ -624,8 +668,8 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
     else:
         gathered = [mine_latents]
     latents = torch.empty(n, *mine_latents.shape[1:], dtype=torch.half)
-    for r, part in enumerate(gathered):
-        latents[r::world] = part
+    for g in range(groups):  # every rank of a group holds its group's latents: take the first's
+        latents[g::groups] = gathered[g * cp]
     captions = [ds.caption(i) if hasattr(ds, "caption") else ds[i][1] for i in range(n)]
     if rank == 0:
         save_checkpoint(path, dict(key=key, latents=latents, captions=captions))
@@ -650,27 +694,41 @@ def train_dit(cfg, rank, world, device, resume):
 
     torch.manual_seed(cfg.seed)
     model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latents.shape[1]).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = copy.deepcopy(model).requires_grad_(False)  # whole on every rank, FSDP or not
+    if d.fsdp:  # FSDP2: each block, then the rest, holds 1/world of its weights; all-gathered per forward
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    # the ranks of one sequence-parallel group see the same samples and draw the same noise: to the data they
+    # are one rank, sp_rank of sp_world
+    sp_group, sp_rank, sp_world = subgroups(d.sequence_parallel, rank, world)
     objective = build_objective(dataclasses.asdict(d))
-    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=not d.fsdp)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: unsharded, on rank 0, plain keys
     start = 0
     if resume and os.path.isfile(path):
         ckpt = load_checkpoint(path, "dit")
-        model.load_state_dict(ckpt["model"])
+        if ckpt["config"]["dit"].get("fsdp", False) != d.fsdp:  # the optimizer state is keyed differently
+            raise SystemExit(f"error: {path} was trained with dit.fsdp={not d.fsdp}: resume with the same")
         ema.load_state_dict(ckpt["ema"])
-        saved = ckpt["optimizer"]
-        if isinstance(saved, list):  # written while train.py also offered Muon: [AdamW] or [AdamW, Muon]
-            if len(saved) != 1:
-                raise SystemExit(f"error: {path} was trained with Muon, which left train.py; resume it at the "
-                                 "commit that wrote it (docs/experiments.md)")
-            saved = saved[0]
-        opt.load_state_dict(saved)
+        if d.fsdp:
+            set_model_state_dict(model, ckpt["model"], options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(model, opt, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            model.load_state_dict(ckpt["model"])
+            saved = ckpt["optimizer"]
+            if isinstance(saved, list):  # written while train.py also offered Muon: [AdamW] or [AdamW, Muon]
+                if len(saved) != 1:
+                    raise SystemExit(f"error: {path} was trained with Muon, which left train.py; resume it at "
+                                     "the commit that wrote it (docs/experiments.md)")
+                saved = saved[0]
+            opt.load_state_dict(saved)
         scaler.load_state_dict(ckpt["scaler"])
         start = ckpt["step"]
         resume_rng(ckpt, rank, world)
     else:
-        torch.manual_seed(cfg.seed + rank)
+        torch.manual_seed(cfg.seed + sp_rank)
     # The pyramid objective calls the model once per stage present in a rank's share of the
     # batch, so ranks may make different numbers of forward calls: DDP must not sync buffers
     # (the constant RoPE tables) on each call, or ranks wait for each other forever.
@@ -680,11 +738,11 @@ def train_dit(cfg, rank, world, device, resume):
     # Inductor leaves RoPE's complex multiply to eager kernels and warns; everything around it still fuses.
     warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
     ddp_model = torch.compile(model) if d.compile else model
-    ddp_model = DDP(ddp_model, **no_sync_buffers) if world > 1 else ddp_model
+    ddp_model = DDP(ddp_model, **no_sync_buffers) if world > 1 and not d.fsdp else ddp_model
 
-    per_rank = d.batch_size // world
+    per_rank = d.batch_size // sp_world
     dataset = torch.utils.data.TensorDataset(latents, ids, mask)
-    data = batches(dataset, per_rank, rank, world, cfg.seed, start)
+    data = batches(dataset, per_rank, sp_rank, sp_world, cfg.seed, start)
     logger = Logger(cfg, rank, "dit", start, d.steps)
     logger.print(f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, objective {d.objective}, "
                  f"latents {tuple(latents.shape[1:])}, {len(latents)} videos, vocab {tokenizer.vocab_size}")
@@ -693,11 +751,15 @@ def train_dit(cfg, rank, world, device, resume):
     def dit_loss(m, micro):
         x0, ids_, mask_ = micro
         ids_, mask_ = diffusion.drop_captions(ids_, mask_, d.caption_dropout)
-        return objective.loss(m, x0, dict(ids=ids_, mask=mask_), rank=rank, world_size=world), {}
+        if sp_group is not None:  # every call of the objective runs the DiT over this group's ranks
+            m = functools.partial(m, sp_group=sp_group)
+        return objective.loss(m, x0, dict(ids=ids_, mask=mask_), rank=sp_rank, world_size=sp_world), {}
 
-    def state(step):
-        return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=model.state_dict(),
-                    ema=ema.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+    def state(step):  # under FSDP the getters gather the shards: every rank must call them
+        weights = get_model_state_dict(model, options=whole) if d.fsdp else model.state_dict()
+        moments = get_optimizer_state_dict(model, opt, options=whole) if d.fsdp else opt.state_dict()
+        return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=weights,
+                    ema=ema.state_dict(), optimizer=moments, scaler=scaler.state_dict(),
                     rng=all_rng_states(), data_position=data_position(step, len(dataset), d.batch_size),
                     tokenizer=tokenizer.state_dict(), tokenizer_file=tok_path, vocab_size=tokenizer.vocab_size,
                     latent_shape=latent_shape, vae=vae_ckpt["model"], vae_config=vae_ckpt["config"],
@@ -737,6 +799,7 @@ def main(argv=None):
     cfg, args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", 1))
     check_config(cfg, args, world)
+    owned = not dist.is_initialized()  # a group made by the caller (tests/modes_worker.py) outlives this run
     rank, world, local = setup()
     device = pick_device(cfg.device, local)
     check_dtype(device, cfg.dtype)
@@ -759,7 +822,7 @@ def main(argv=None):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        if dist.is_initialized():
+        if owned and dist.is_initialized():
             dist.destroy_process_group()
 
 
