@@ -56,8 +56,8 @@ def native_bf16(device):
 
 
 def check_dtype(device, dtype):
-    """fp16 needs a GPU; bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated, and far slower
-    than fp32 (a 2048^3 matmul: 0.17 s in fp32, minutes in bf16 on an AVX2-only EPYC)."""
+    """fp16 needs a GPU; bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated in software,
+    and then fp32 is the faster choice by far."""
     if dtype == "fp16" and device.type == "cpu":
         raise SystemExit("error: dtype fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
     if dtype == "bf16" and not native_bf16(device):

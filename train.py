@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
-from data.loading import batches, check_folder, data_position, video_dataset
+from data.loading import batches, check_folder, data_position, scan, video_dataset
 from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate, load_checkpoint,
                     load_vae, pick_device)
 
@@ -639,8 +639,11 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
     """
     d = cfg.dit
     path = os.path.join(cfg.out_dir, "latents.pt")
+    # a video folder's clips are part of the key: an edited clip or caption must not reuse stale latents
+    folder = [] if cfg.data.dataset == "moving_mnist" else scan(cfg)[0]
+    clips = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for pair in folder for f in pair]
     key = dict(vae=fingerprint(vae_ckpt["model"]), videos=d.videos, frames=cfg.data.frames, seed=cfg.seed,
-               data=dataclasses.asdict(cfg.data) | {"workers": None})
+               data=dataclasses.asdict(cfg.data) | {"workers": None}, clips=clips)
     if os.path.isfile(path):
         cache = torch.load(path, weights_only=True)
         if cache["key"] == key:
@@ -673,6 +676,9 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
     captions = [ds.caption(i) if hasattr(ds, "caption") else ds[i][1] for i in range(n)]
     if rank == 0:
         save_checkpoint(path, dict(key=key, latents=latents, captions=captions))
+        if resource is not None:  # what context parallelism saves: each rank holds 1/cp of every video's frames
+            print(f"latent cache: {n} videos; peak memory of rank 0 so far "
+                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     barrier()
     return latents, captions
 

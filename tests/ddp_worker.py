@@ -21,5 +21,5 @@ train.diffusion.explicit_uniform_timesteps = lambda *a, **k: timesteps.append(dr
 
 train.main(sys.argv[1:])
 cfg, _ = train.parse_args(sys.argv[1:])
-params = {name: p.detach().clone() for name, p in models[0].named_parameters()}
+params = {name: p.detach().clone() for name, p in models[-1].named_parameters()}  # [0]: check_config's
 torch.save({"params": params, "timesteps": timesteps}, os.path.join(cfg.out_dir, f"rank{rank}.pt"))
