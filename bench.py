@@ -22,7 +22,6 @@ counts, and diffusers' CogVideoX modules at matched sizes when installed -> runs
 objectives: a finished run's DiT trained with each objective for the same wall time on the run's cached
 latents, then scored by quality() -> runs/bench/objectives.json.
 """
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -463,8 +462,8 @@ def machine():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Benchmarks that fill the README's results table.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = sample.ArgumentParser(description="Benchmarks that fill the README's results table and docs/.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=sample.ArgumentParser)
     q = sub.add_parser("quality", help="judge generated videos (digit, axis, consistency, FD) beside real ones")
     q.add_argument("--ckpt", default="", help="DiT checkpoint to sample from; without it only real videos are scored")
     q.add_argument("--n", type=int, default=8, help="samples per prompt (20 prompts)")

@@ -33,6 +33,14 @@ pyramid = importlib.import_module("05_pyramid")
 
 
 # ----------------------------------------------------------------------------- runtime
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a user's mistake as one `error: ...` line (argparse prints its usage first); train.py and
+    bench.py use it too."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message} (see {self.prog} --help)")
+
+
 def pick_device(name="auto", local_rank=0):
     """auto: CUDA, then Apple's MPS, then the CPU."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
@@ -186,7 +194,7 @@ def contact_sheet(videos, prompts, n, frames=5, label_width=230):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a dit.pt written by train.py, or data/pretrained/tiny.pt")
     p.add_argument("--prompt", action="append", default=[], help="a caption; repeat for several")
     p.add_argument("--prompts", help="a text file, one prompt a line")

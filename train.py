@@ -52,8 +52,8 @@ from tqdm import tqdm
 from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
 from data.loading import batches, check_folder, data_position, scan, video_dataset
-from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate, load_checkpoint,
-                    load_vae, pick_device)
+from sample import (ArgumentParser, autocast, build_dit, build_objective, build_vae, check_dtype, generate,
+                    load_checkpoint, load_vae, pick_device)
 
 vae_lib = importlib.import_module("01_vae")
 diffusion = importlib.import_module("03_diffusion")
@@ -220,7 +220,7 @@ def merge(cfg, updates, source, prefix=""):
 
 def parse_args(argv=None):
     """(Config, args) from --config and --section.key=value flags; a mistake is a one-line `error: ...`."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file over the defaults, e.g. tiny.yaml")
     p.add_argument("--stage", default="all", choices=["all", "vae", "dit"])
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in out_dir")

@@ -311,9 +311,15 @@ def test_command_line_errors_print_one_line_and_no_traceback(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for argv, message in ((["--prompt", "  "], "a --prompt is empty"), (["--prompt", "x", "--n", "0"], "--n must be"),
-                          (["--prompts", str(tmp_path / "nope.txt")], "cannot read --prompts file")):
-        with pytest.raises(SystemExit):
+                          (["--prompts", str(tmp_path / "nope.txt")], "cannot read --prompts file"),
+                          (["--solver", "rk4"], "invalid choice: 'rk4'")):
+        with pytest.raises(SystemExit, match=f"^error: .*{message}"):
             sample.main(["--ckpt", "whatever.pt"] + argv)
+    import bench  # argparse's own errors too are one line, in all three commands
+    for run, argv in ((train.parse_args, ["--stage", "both"]), (bench.main, ["quality", "--n", "0"]),
+                      (bench.main, ["judge"])):
+        with pytest.raises(SystemExit, match=r"^error: [^\n]*\(see \S+ --help\)$"):
+            run(argv)
 
 
 def test_video_folder_is_scanned_and_filtered_before_training(tmp_path, capsys):
