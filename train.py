@@ -676,7 +676,7 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
     captions = [ds.caption(i) if hasattr(ds, "caption") else ds[i][1] for i in range(n)]
     if rank == 0:
         save_checkpoint(path, dict(key=key, latents=latents, captions=captions))
-        if resource is not None:  # what context parallelism saves: each rank holds 1/cp of every video's frames
+        if resource is not None:  # the memory of encoding, to compare settings such as vae.context_parallel
             print(f"latent cache: {n} videos; peak memory of rank 0 so far "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     barrier()
