@@ -309,15 +309,17 @@ class DiT(nn.Module):
     [text; video]; "factorized" alternates spatial and temporal blocks (see factorized_attention)."""
 
     def __init__(self, in_channels, dim, depth, heads, vocab_size, max_text_len, text_depth, patch=2, patch_t=1,
-                 attention="full", mlp_ratio=4, checkpointing=False):
+                 attention="full", mlp_ratio=4, checkpointing=False, image_channels=0):
         super().__init__()
         if attention not in ("full", "factorized"):
             raise ValueError(f"attention must be 'full' or 'factorized', got {attention!r}")
         self.in_channels, self.patch, self.patch_t = in_channels, patch, patch_t
-        self.attention, self.checkpointing = attention, checkpointing
+        self.attention, self.checkpointing, self.image_channels = attention, checkpointing, image_channels
         patch_dim = in_channels * patch_t * patch * patch
         self.text_encoder = TextEncoder(vocab_size, dim, text_depth, heads, max_text_len)
-        self.x_embed = nn.Linear(patch_dim, dim)
+        # image_channels > 0: CogVideoX-I2V's image conditioning, the first frame's latent concatenated to x_t
+        # along channels (zeros where no frame is given), so the patch embedding sees both
+        self.x_embed = nn.Linear((in_channels + image_channels) * patch_t * patch * patch, dim)
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.text_pool = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.rope = RoPE3D(dim // heads)
@@ -333,7 +335,7 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, ids, mask, history=None, causal=False, sp_group=None):
+    def forward(self, x, t, ids, mask, history=None, causal=False, sp_group=None, image=None):
         """x (B, C, T, H, W) latents; t (B,) timesteps on 0..1000; ids, mask (B, L) the caption.
         history: past latent frames, oldest first, each (B, C, 1, h_j, w_j) with h_j <= H, w_j <= W, put in the
         sequence [text; history; x] (Pyramid Flow's temporal pyramid); it implies causal=True, the
@@ -341,7 +343,9 @@ class DiT(nn.Module):
         sp_group: Ulysses sequence parallelism over this process group's W ranks. Every rank passes the same
         inputs and gets the whole prediction; in between, each runs the blocks on 1/W of the video tokens
         (the caption replicated, see ulysses_attention). Every rank then computes the same loss, and the
-        mean of the ranks' gradients is the single-process gradient (what DDP's averaging does)."""
+        mean of the ranks' gradients is the single-process gradient (what DDP's averaging does).
+        image: with image_channels > 0, the latents of the first k <= T given frames (B, image_channels, k, H, W),
+        zero-padded to T frames and concatenated to x (CogVideoX-I2V); None (no image) is all zeros."""
         history = list(history or [])
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be latents (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
@@ -354,13 +358,28 @@ class DiT(nn.Module):
                                  f"got {tuple(h.shape)}")
         if history and self.patch_t != 1:
             raise ValueError(f"history frames are single latent frames, so they need patch_t=1, not {self.patch_t}")
+        if self.image_channels:
+            if history:
+                raise ValueError("image conditioning is for the flow and ddpm objectives; the pyramid's history "
+                                 "already carries the given frames")
+            if image is None:
+                image = x.new_zeros(B, self.image_channels, 1, H, W)
+            if image.dim() != 5 or image.shape[:2] != (B, self.image_channels) or image.shape[2] > T \
+                    or image.shape[3:] != (H, W):
+                raise ValueError(f"image must be the latents of the first frames (B={B}, {self.image_channels}, "
+                                 f"k<={T}, {H}, {W}), got {tuple(image.shape)}")
+            x_in = torch.cat([x, F.pad(image.to(x.dtype), (0, 0, 0, 0, 0, T - image.shape[2]))], dim=1)
+        elif image is not None:
+            raise ValueError("this DiT was built without image_channels: it cannot take an image")
+        else:
+            x_in = x
         causal = causal or bool(history)
         if (causal or sp_group is not None) and self.attention != "full":
             raise ValueError("history, causal=True and sp_group need attention='full' "
                              "(factorized attention is for the CogVideoX ablation)")
 
         p, pt = self.patch, self.patch_t
-        tokens = [patchify(h, p, 1) for h in history] + [patchify(x, p, pt)]  # (B, n_j, C*pt*p*p) each
+        tokens = [patchify(h, p, 1) for h in history] + [patchify(x_in, p, pt)]  # (B, n_j, C*pt*p*p) each
         frames, rows, cols = T // pt, H // p, W // p
         # token grid of every frame in time order; frame j sits at RoPE time j, stretched onto x's grid
         grids = [(h.shape[3] // p, h.shape[4] // p) for h in history] + [(rows, cols)] * frames
