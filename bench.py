@@ -4,6 +4,7 @@
     python bench.py quality --ckpt OUT/dit.pt    # + generated videos for the 20 single-digit prompts
     python bench.py speed [--config tiny.yaml]   # throughput, GFLOP/s against the matmul peak, memory
     python bench.py objectives --run OUT         # ddpm vs flow vs pyramid at equal wall time on OUT's latents
+    torchrun --standalone --nproc_per_node=2 bench.py context --frames 65   # context-parallel VAE memory
 
 quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN,
 trained on the shipped MNIST digits 0-7999 (validated on 8000-9999) and cached in
@@ -34,6 +35,7 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 
@@ -41,6 +43,8 @@ import sample
 import train
 from data.judge import PROMPTS, judge, load_judge, read_videos, real_videos
 from data.moving_mnist import AXES
+
+vae_lib = sample.vae_lib
 
 # ----------------------------------------------------------------------------- quality
 def quality(generate_fn=None, n_per_prompt=8, frames=17, seed=0, model=None, reconstruct_fn=None, log=print):
@@ -455,6 +459,52 @@ def run_objectives(args):
                       rows=rows, judged=judged), os.path.join(args.out, "objectives.json"), begin)
 
 
+# ----------------------------------------------------------------------------- context parallel
+def run_context(args):
+    """Encode + decode of one long video with the config's VAE, alone or split in time over the torchrun ranks
+    (01's ContextParallel): each rank's peak memory and the time, and the gap to the single-process pass."""
+    begin = time.perf_counter()
+    cfg, _ = train.parse_args(["--config", args.config, *args.overrides])
+    rank, world, local = train.setup()
+    device = sample.pick_device("cuda" if args.device == "cuda" else "cpu", local)
+    torch.manual_seed(0)  # the same weights and video on every rank
+    vae = sample.build_vae(dataclasses.asdict(cfg)).to(device).eval()
+    if args.vae:
+        vae.load_state_dict(sample.load_checkpoint(args.vae, "vae")["model"])
+    size, tc = args.size or cfg.data.size, vae.time_compression
+    video = torch.rand(1, cfg.data.channels, args.frames, size, size, device=device) * 2 - 1
+    parallel = vae_lib.ContextParallel() if world > 1 else None
+    try:
+        vae.check_video(video)
+        piece = video if parallel is None else parallel.split(video, tc)
+    except ValueError as e:
+        raise SystemExit(f"error: --frames {args.frames}, --size {size}: {e}") from None
+
+    @torch.no_grad()
+    def codec():
+        z = vae.encode(piece, parallel=parallel).mode()
+        return vae.decode(z, parallel=parallel)
+    s, mib = seconds(codec, device, args.reps), peak_mib(codec, device)
+    gathered = [None] * world
+    mine = dict(rank=rank, frames=piece.shape[2], s=s, peak_MiB=mib)
+    if world > 1:
+        dist.all_gather_object(gathered, mine)
+        out = parallel.gather(codec())
+    else:
+        gathered, out = [mine], codec()
+    if rank == 0:
+        with torch.no_grad():
+            gap = (out - vae.decode(vae.encode(video).mode())).abs().max().item()  # this rank holds the whole video
+        rows = {f"rank {r['rank']}": dict(frames=r["frames"], s=r["s"], peak_MiB=r["peak_MiB"]) for r in gathered}
+        table(f"VAE encode + decode of one {args.frames}-frame {size}x{size} video on {world} rank(s) "
+              f"({params(vae) / 1e6:.2f}M parameters); max |difference| to one process {gap:.1e}", rows)
+        write_report(dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(),
+                          config=args.config, frames=args.frames, size=size, world=world, rows=rows, max_gap=gap),
+                     os.path.join(args.out, f"context_{world}.json"), begin)
+    if world > 1:
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- command line
 def machine():
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
@@ -497,6 +547,16 @@ def main(argv=None):
     o.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     o.add_argument("--out", default="runs/bench", help="where judge.pt, objectives/ and objectives.json go")
     o.set_defaults(run=run_objectives)
+    c = sub.add_parser("context", help="one long video through the VAE on 1 rank, or split over torchrun's ranks")
+    c.add_argument("--config", default="tiny.yaml", help="the VAE to build (and data.size, data.channels)")
+    c.add_argument("--vae", default="", help="a vae.pt to load (default: random weights; memory and time are alike)")
+    c.add_argument("--frames", type=int, default=65, help="video length, 1 + tc k")
+    c.add_argument("--size", type=int, default=0, help="height and width (default: data.size)")
+    c.add_argument("--reps", type=int, default=3, help="timed calls after a warm-up; the best counts")
+    c.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    c.add_argument("--out", default="runs/bench", help="where context_<ranks>.json goes")
+    c.add_argument("overrides", nargs="*", help="config overrides, e.g. --vae.time_compression=4 (after --)")
+    c.set_defaults(run=run_context)
     args = parser.parse_args(argv)
     args.command_line = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if getattr(args, "n", 1) < 1 or getattr(args, "frames", 2) < 2:
