@@ -13,13 +13,12 @@ expert transformer of 02_dit.py with one of three objectives (03 ddpm, 04 flow,
 
 Data parallel (DDP) under torchrun, plain `python train.py` too; mixed precision
 (bf16 autocast on CPU and GPU, fp16 with a GradScaler); AdamW; EMA weights for sampling;
-checkpoints written atomically that resume bit-exactly. Model building and sampling
-live in sample.py, which this file imports for its previews.
+checkpoints written atomically that resume bit-exactly. Every option, its default and its
+check before work: data/config.py. Model building and sampling: sample.py, which this file
+imports for its previews.
 """
-import argparse
 import copy
 import dataclasses
-import difflib
 import functools
 import importlib
 import inspect
@@ -32,7 +31,6 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,267 +49,13 @@ from tqdm import tqdm
 
 from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
+from data.config import check_config, parse_args
 from data.loading import batches, check_folder, data_position, scan, video_dataset
-from sample import (ArgumentParser, autocast, build_dit, build_objective, build_vae, check_dtype, generate,
+from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate,
                     load_checkpoint, load_vae, pick_device)
 
 vae_lib = importlib.import_module("01_vae")
 diffusion = importlib.import_module("03_diffusion")
-
-
-# ----------------------------------------------------------------------------- config
-# Defaults live here; a YAML file overrides them, then --section.key=value flags.
-
-@dataclass
-class DataConfig:
-    dataset: str = "moving_mnist"   # moving_mnist, or a folder of name.gif + name.txt pairs
-    mnist_images: str = ""          # empty: the MNIST test set shipped in data/mnist/
-    mnist_labels: str = ""
-    frames: int = 17
-    size: int = 64
-    channels: int = 1
-    max_digits: int = 2
-    workers: int = 0                 # DataLoader processes; Moving MNIST renders ~8800 videos/s in the main one
-    # a video folder is scanned once before training (cached in OUT/scan.json); what it drops is listed in
-    # OUT/dropped.txt. on_bad: skip broken clips (unreadable, uncaptioned, ...) or stop with an error.
-    on_bad: str = "skip"             # skip | error
-    pad_short: bool = True           # clips shorter than the training frames: pad with the last frame, or drop
-    allow_upscale: bool = True       # clips smaller than data.size: upscale, or drop
-    # data filtering (HunyuanVideo's pipeline, course module 2.4); each 0 / false / "" is off
-    min_motion: float = 0.0          # drop near-static clips: mean |frame t+1 - frame t|, pixels in [0, 1]
-    min_content: float = 0.0         # drop near-blank clips: pixel standard deviation over the clip
-    dedupe: bool = False             # drop clips whose decoded frames equal an earlier clip's
-    min_caption_words: int = 0       # drop captions with fewer words
-    caption_regex: str = ""          # drop captions this regular expression does not find a match in
-
-
-@dataclass
-class VAEConfig:
-    channels: list[int] = field(default_factory=lambda: [64, 128])
-    patch: int = 4                   # pixel-unshuffle stem: space compression = patch * 2^(len(channels) - 1)
-    latent_channels: int = 16
-    time_compression: int = 2
-    layers_per_block: int = 1
-    l1_weight: float = 0.0
-    l2_weight: float = 1.0
-    fg_weight: float = 0.0
-    kl_weight: float = 1e-6
-    gan_weight: float = 0.0          # 0 switches the discriminator off
-    disc_start: int = 0
-    frames: int = 9                  # training clip length (causal and convolutional: any 1 + k * tc works later)
-    batch_size: int = 2
-    grad_accum: int = 1
-    lr: float = 1e-3
-    warmup: int = 50
-    steps: int = 4000
-    ckpt_every: int = 500
-    sample_every: int = 1000
-    val_frames: int = 17             # validation PSNR is measured on 17-frame videos
-    context_parallel: int = 1        # latent cache: N ranks per video, each encoding a piece of its time axis (01)
-
-
-@dataclass
-class DiTConfig:
-    objective: str = "flow"          # ddpm | flow | pyramid
-    vae_ckpt: str = ""               # the frozen VAE; empty: OUT/vae.pt from the vae stage
-    dim: int = 256
-    depth: int = 8
-    heads: int = 4
-    text_depth: int = 2
-    text_len: int = 16
-    patch: int = 2                   # latent pixels per token side: smaller = more tokens, more compute per video
-    patch_t: int = 1
-    attention: str = "full"          # full | factorized
-    checkpointing: bool = False
-    sequence_parallel: int = 1       # N ranks per sample, each holding 1/N of the video tokens (Ulysses, 02)
-    fsdp: bool = False               # shard weights, gradients and AdamW state over the ranks (FSDP2) instead of DDP
-    vocab_size: int = 128            # BPE pieces asked for; a tiny corpus gives fewer
-    videos: int = 8000               # training videos encoded once into the latent cache
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 5e-4
-    warmup: int = 200
-    steps: int = 2000
-    compile: bool = False            # torch.compile the training step: ~80 s once on a 2-core CPU, then faster steps
-    lr_decay: float = 1.0            # fraction of the steps (after warm-up) spent in the cosine decay; 0 = constant
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    sample_steps: int = 25
-    sample_cfg: float = 8.0          # guidance of previews and sample.py's default: 8 scored best (docs/experiments.md)
-    sample_cfg_rescale: float = 0.0  # guidance rescale phi (03, Lin et al. 2023: 0.7); 0 = plain CFG
-    snr_shift: float = 1.0           # ddpm: CogVideoX's SNR shift of the noise schedule (03)
-    ddpm_sampler: str = "ddim"       # ddpm: ddim | ddpm (ancestral, Ho et al. Algorithm 2) (03)
-    t_sampling: str = "uniform"      # flow: uniform | logit_normal (SD3: more training near t = 0.5) (04)
-    flow_shift: float = 1.0          # flow: time shift s of training's t, and of sampling unless sample_shift (04)
-    sample_shift: float = 0.0        # flow: time shift of the sampling grid; 0 = flow_shift (04)
-    flow_solver: str = "euler"       # flow: euler | heun, for previews and sample.py (04)
-    pyramid_stages: int = 2          # pyramid: spatial stages K (05)
-    pyramid_stage_ratios: list[float] = field(default_factory=list)  # pyramid: batch share per stage; [] = equal (05)
-    pyramid_shift: float = 1.0       # pyramid: time shift of the stage windows; the official scripts train at 1 (05)
-    history_noise: float = 1 / 3     # pyramid: history frames get sigma ~ U(0, history_noise) in training (05)
-    ckpt_every: int = 500
-    sample_every: int = 500
-    prompts: list[str] = field(default_factory=lambda: [
-        "digit 0 is moving up and down", "digit 3 is moving left and right",
-        "digit 7 is moving up and down", "digit 5 is moving left and right and digit 1 is moving up and down"])
-
-
-@dataclass
-class Config:
-    out_dir: str = "runs/tiny"
-    seed: int = 0
-    device: str = "auto"             # auto (cuda, then mps, then cpu) | cpu | cuda | mps
-    dtype: str = "bf16"              # bf16 | fp16 | fp32
-    clip_grad: float = 1.0
-    data: DataConfig = field(default_factory=DataConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    dit: DiTConfig = field(default_factory=DiTConfig)
-
-
-CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "data.on_bad": ("skip", "error"),
-           "device": ("auto", "cpu", "cuda", "mps"),
-           "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
-           "dit.t_sampling": ("uniform", "logit_normal"), "dit.ddpm_sampler": ("ddim", "ddpm"),
-           "dit.flow_solver": ("euler", "heun")}
-RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0), "dit.history_noise": (0.0, 0.99),
-          "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
-
-
-def coerce(key, value, kind):
-    """value as type `kind`, or a ValueError that names the key."""
-    if getattr(kind, "__origin__", None) is list:
-        if not isinstance(value, list):
-            raise ValueError(f"config key '{key}' must be a list, got {value!r}")
-        return [coerce(f"{key}[{i}]", v, kind.__args__[0]) for i, v in enumerate(value)]
-    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise ValueError(f"config key '{key}' must be {kind.__name__}, got {value!r} ({type(value).__name__})")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ValueError(f"config key '{key}' must be one of {CHOICES[key]}, got {value!r}")
-    if key in RANGES and not RANGES[key][0] <= value <= RANGES[key][1]:
-        raise ValueError(f"config key '{key}' must be in [{RANGES[key][0]}, {RANGES[key][1]}], got {value!r}")
-    return value
-
-
-def merge(cfg, updates, source, prefix=""):
-    """Write a (nested) dict of updates into the dataclass cfg, checking every key and type."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    for name, value in updates.items():
-        key = prefix + name
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
-            raise ValueError(f"unknown config key '{key}' in {source}{hint}")
-        current = getattr(cfg, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"config key '{key}' in {source} is a section and needs key: value pairs")
-            merge(current, value, source, key + ".")
-        else:
-            setattr(cfg, name, coerce(key, value, fields[name].type))
-
-
-def parse_args(argv=None):
-    """(Config, args) from --config and --section.key=value flags; a mistake is a one-line `error: ...`."""
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file over the defaults, e.g. tiny.yaml")
-    p.add_argument("--stage", default="all", choices=["all", "vae", "dit"])
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in out_dir")
-    args, rest = p.parse_known_args(argv)
-    cfg = Config()
-    try:
-        if args.config:
-            try:
-                with open(args.config) as f:
-                    text = yaml.safe_load(f) or {}
-            except OSError as e:
-                raise ValueError(f"cannot read config file {args.config}: {e.strerror}") from None
-            except yaml.YAMLError as e:
-                raise ValueError(f"config file {args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
-            if not isinstance(text, dict):
-                raise ValueError(f"config file {args.config} must hold section: key: value pairs")
-            merge(cfg, text, args.config)
-        for flag in rest:  # --section.key=value, the value parsed as YAML (numbers, lists, true/false)
-            if not flag.startswith("--") or "=" not in flag:
-                raise ValueError(f"cannot parse argument {flag!r}: overrides look like --dit.lr=3e-4")
-            key, value = flag[2:].split("=", 1)
-            *sections, name = key.split(".")
-            try:
-                update = {name: yaml.safe_load(value)}
-            except yaml.YAMLError:
-                update = {name: value}  # a plain string, e.g. a regular expression
-            for section in reversed(sections):
-                update = {section: update}
-            merge(cfg, update, "the command line")
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return cfg, args
-
-
-def check_config(cfg, args, world):
-    """Everything that can be checked before work, each a one-line error naming the key and what it needs."""
-    data, v, d = cfg.data, cfg.vae, cfg.dit
-
-    def fail(message):
-        raise SystemExit(f"error: {message}")
-    tc = v.time_compression
-    for key, frames in (("data.frames", data.frames), ("vae.frames", v.frames), ("vae.val_frames", v.val_frames)):
-        if frames < 1 or (frames - 1) % tc:
-            fail(f"{key}={frames}: the causal VAE with vae.time_compression={tc} takes 1 + {tc}k frames "
-                 f"(1, {1 + tc}, {1 + 2 * tc}, ...)")
-    space = v.patch * 2 ** (len(v.channels) - 1)
-    if data.size % space:
-        fail(f"data.size={data.size} must be divisible by the VAE's space compression {space} "
-             f"(vae.patch x 2 per level after the first)")
-    grid = d.patch * 2 ** (d.pyramid_stages - 1 if d.objective == "pyramid" else 0)
-    if (data.size // space) % grid:
-        fail(f"the {data.size // space}x{data.size // space} latent must be divisible by {grid}: dit.patch"
-             + (" x 2^(dit.pyramid_stages - 1)" if d.objective == "pyramid" else ""))
-    if d.objective != "pyramid" and (1 + (data.frames - 1) // tc) % d.patch_t:
-        fail(f"{1 + (data.frames - 1) // tc} latent frames are not divisible by dit.patch_t={d.patch_t}")
-    tokens = (1 + (data.frames - 1) // tc) // d.patch_t * (data.size // space // d.patch) ** 2
-    if tokens % d.sequence_parallel:
-        fail(f"{tokens} video tokens do not split over dit.sequence_parallel={d.sequence_parallel} ranks")
-    for key, n in (("vae.context_parallel", v.context_parallel), ("dit.sequence_parallel", d.sequence_parallel)):
-        if n < 1 or world % n:
-            fail(f"{key}={n} must divide the {world} rank(s) of this run (torchrun --nproc_per_node)")
-    sp = d.sequence_parallel
-    if sp > 1 and (d.objective == "pyramid" or d.compile or d.fsdp or d.attention != "full" or d.heads % sp):
-        fail(f"dit.sequence_parallel={sp} needs the flow or ddpm objective, full attention, dit.heads divisible "
-             f"by {sp}, and neither dit.compile nor dit.fsdp")
-    if d.fsdp and d.compile:
-        fail("dit.fsdp runs eagerly: set dit.compile=false")
-    for key, section, ranks in (("vae", v, world), ("dit", d, world // sp)):  # ranks of one sequence share a batch
-        if section.batch_size % (ranks * section.grad_accum):
-            fail(f"{key}.batch_size={section.batch_size} must split evenly over {ranks} data-parallel rank(s) x "
-                 f"{key}.grad_accum={section.grad_accum} micro-steps")
-    if d.videos < d.batch_size:
-        fail(f"dit.videos={d.videos} is fewer than one batch (dit.batch_size={d.batch_size})")
-    if data.dataset == "moving_mnist" and data.channels != 1:
-        fail(f"Moving MNIST is grayscale: data.channels must be 1, got {data.channels}")
-    if data.dataset != "moving_mnist" and not os.path.isdir(data.dataset):
-        fail(f"data.dataset={data.dataset!r}: no such folder (moving_mnist, or a folder of name.gif + name.txt)")
-    vae_path = d.vae_ckpt or os.path.join(cfg.out_dir, "vae.pt")
-    if args.stage == "dit" and not os.path.isfile(vae_path):
-        fail(f"the dit stage needs a trained VAE and found none at {vae_path}: "
-             "run `--stage vae` first (or the default `--stage all`)")
-    for stage in ("vae", "dit"):
-        existing = os.path.join(cfg.out_dir, f"{stage}.pt")
-        if args.stage in ("all", stage) and os.path.isfile(existing) and not args.resume:
-            fail(f"{existing} exists: pass --resume to continue it, or set --out_dir to start afresh")
-    try:  # the models' own checks (widths, heads, RoPE, stages): seconds at most, before any data is read
-        build_vae(dataclasses.asdict(cfg))
-        build_dit(dataclasses.asdict(d), d.vocab_size, v.latent_channels)
-        build_objective(dataclasses.asdict(d))
-    except ValueError as e:
-        fail(e)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -802,7 +546,7 @@ def train_dit(cfg, rank, world, device, resume):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    cfg, args = parse_args(argv)
+    cfg, args = parse_args(argv, description=__doc__)
     world = int(os.environ.get("WORLD_SIZE", 1))
     check_config(cfg, args, world)
     owned = not dist.is_initialized()  # a group made by the caller (tests/modes_worker.py) outlives this run
