@@ -4,6 +4,8 @@
     python bench.py quality --ckpt OUT/dit.pt    # + generated videos for the 20 single-digit prompts
     python bench.py speed [--config tiny.yaml]   # throughput, GFLOP/s against the matmul peak, memory
     python bench.py objectives --run OUT         # ddpm vs flow vs pyramid at equal wall time on OUT's latents
+    python bench.py compare --run OUT --variant a='--dit.depth=4' --variant b='--dit.depth=8'   # any variants
+    python bench.py compare --vae-minutes 4 --variant kl= --variant fsq='--vae.bottleneck=fsq'  # VAE designs
     torchrun --standalone --nproc_per_node=2 bench.py context --frames 65   # context-parallel VAE memory
 
 quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN,
@@ -20,8 +22,9 @@ features of the scored videos and of real validation videos for the same prompts
 speed: a training step of the config's VAE and DiT (fp32, bf16 autocast) against the matmul peak of the
 same run, VAE inference in one pass and in chunks, each objective's step and sampling time, pyramid token
 counts, and diffusers' CogVideoX modules at matched sizes when installed -> runs/bench/speed.json.
-objectives: a finished run's DiT trained with each objective for the same wall time on the run's cached
-latents, then scored by quality() -> runs/bench/objectives.json.
+compare (objectives: its default variants): variants of a recipe, each the run's train.py flags plus its own,
+trained for the same wall time (step counts from a timing probe) on a finished run's cached latents, or each
+on its own VAE trained first (--vae-minutes), then scored by quality() -> runs/bench/<command>.json.
 """
 import contextlib
 import dataclasses
@@ -404,59 +407,119 @@ def run_speed(args):
     write_report(report, os.path.join(args.out, "speed.json"), begin)
 
 
-# ----------------------------------------------------------------------------- objectives
-def run_objectives(args):
-    begin, run = time.perf_counter(), args.run_dir
-    for f in ("config.yaml", "vae.pt", "latents.pt", "tokenizer.json"):
-        if not os.path.isfile(os.path.join(run, f)):
-            raise SystemExit(f"error: {run} is not a finished run: {f} is missing (train.py writes it)")
-    config = os.path.join(run, "config.yaml")  # the run's resolved config: the latent cache's key will match
-    cfg, _ = train.parse_args(["--config", config])
-    device = sample.pick_device(cfg.device)
+# ----------------------------------------------------------------------------- compare
+def vae_figures(cfg, vae, device, out, reps=3):
+    """The VAE design table's columns (#23): validation PSNR on 17-frame videos, encode + decode seconds of one,
+    causality (the largest change of any latent frame but the last when only the last video frame changes: 0
+    for a causal VAE) and the gap between chunked encode (1 latent frame per chunk) and the single pass."""
+    psnr, _ = train.validate_vae(cfg, vae, device, os.path.join(out, "vae_val.gif"))
+    x = train.vae_samples(cfg, "val", cfg.vae.val_frames, 4, device)
+    with torch.no_grad():
+        z = vae.encode(x).mode()
+        later = x.clone()
+        later[:, :, -1] = torch.rand_like(later[:, :, -1]) * 2 - 1
+        leak = (vae.encode(later).mode() - z)[:, :, :-1].abs().max().item()
+        try:
+            chunk_gap = (vae.encode(x, chunk=1).mode() - z).abs().max().item()
+        except ValueError:  # a design that refuses chunks says why in its error
+            chunk_gap = float("nan")
+        codec_s = seconds(lambda: vae.decode(vae.encode(x[:1]).mode()), device, reps)
+    return dict(val_psnr=psnr, codec_s=codec_s, causal_leak=leak, chunk_gap=chunk_gap)
+
+
+def run_compare(args):
+    """Variants of a recipe, each trained for the same wall time and judged: by default the three objectives on
+    a finished run's latents (--run); with --vae-minutes, each variant trains its own VAE first (VAE designs)."""
+    begin, run, name_of = time.perf_counter(), args.run_dir, args.command
+    variants = {}
+    for v in args.variant or [f"{o}=--dit.objective={o}" for o in args.objectives]:
+        if "=" not in v:
+            raise SystemExit(f"error: --variant {v!r}: expected NAME=FLAGS, e.g. hunyuan='--dit.arch=hunyuan'")
+        name, flags = v.split("=", 1)
+        variants[name] = args.flags.split() + flags.split()
+    if args.vae_minutes:
+        config = args.config
+    else:
+        if not run:
+            raise SystemExit("error: give --run OUT (a finished run whose latents the variants share), "
+                             "or --vae-minutes M to train each variant's own VAE")
+        for f in ("config.yaml", "vae.pt", "latents.pt", "tokenizer.json"):
+            if not os.path.isfile(os.path.join(run, f)):
+                raise SystemExit(f"error: {run} is not a finished run: {f} is missing (train.py writes it)")
+        config = os.path.join(run, "config.yaml")  # the run's resolved config: the latent cache's key will match
     judge_model, info = load_judge(os.path.join(args.out, "judge.pt"))
-    run_vae = train.fingerprint(sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae")["model"])
+    run_vae = train.fingerprint(sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae")["model"]) if run else None
     rows, judged = {}, {}
-    for name in args.objectives:
-        out = os.path.join(args.out, "objectives", name)
+    for name, flags in variants.items():
+        cfg, _ = train.parse_args(["--config", config, *flags])
+        device = sample.pick_device(cfg.device)
+        out = os.path.join(args.out, name_of, name)
         ckpt = os.path.join(out, "dit.pt")
-        if os.path.isfile(ckpt) and train.fingerprint(sample.load_checkpoint(ckpt, "dit")["vae"]) != run_vae:
+        if run and os.path.isfile(ckpt) and train.fingerprint(sample.load_checkpoint(ckpt, "dit")["vae"]) != run_vae:
             print(f"{ckpt} was trained on another run's latents (its VAE differs from {run}'s): training it afresh")
             shutil.rmtree(out)
         if os.path.isfile(ckpt):
             print(f"{ckpt} exists: scoring it as it is (delete {out} to train it afresh)")
         else:
             os.makedirs(out, exist_ok=True)
-            for f in ("latents.pt", "tokenizer.json"):
-                shutil.copy(os.path.join(run, f), out)
-            # the step count from a probe: the run's DiT, batch and precision on random latents, optimizer included
-            vae = sample.build_vae(dataclasses.asdict(cfg))  # untrained: only its compression is read
+            vae = sample.build_vae(dataclasses.asdict(cfg)).to(device)
+            if args.vae_minutes:  # the VAE's step count from a probe of its training step, optimizer included
+                x = torch.rand(cfg.vae.batch_size, cfg.data.channels, cfg.vae.frames, cfg.data.size, cfg.data.size,
+                               device=device) * 2 - 1
+                opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr, fused=True)
+                step = backward_step(vae, lambda: F.mse_loss(vae(x)[0].float(), x), device, cfg.dtype, [opt])
+                vae_steps = max(1, round(60 * args.vae_minutes / seconds(step, device, args.probe, reduce=mean)))
+                print(f"{name}: {vae_steps} VAE steps for {args.vae_minutes} minutes")
+                stage = ["--stage", "all", f"--vae.steps={vae_steps}", f"--vae.ckpt_every={vae_steps}",
+                         f"--vae.sample_every={vae_steps}"]
+            else:
+                for f in ("latents.pt", "tokenizer.json"):
+                    shutil.copy(os.path.join(run, f), out)
+                stage = ["--stage", "dit", f"--dit.vae_ckpt={os.path.join(run, 'vae.pt')}"]
+            # the DiT's step count from a probe: its batch and precision on random latents, optimizer included
             model, x0, _, ids, mask = dit_inputs(cfg, vae, cfg.dit.batch_size, device)
-            objective = sample.build_objective(dataclasses.asdict(cfg.dit) | {"objective": name})
+            objective = sample.build_objective(dataclasses.asdict(cfg.dit))
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.dit.lr, fused=True)
             step = backward_step(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), device, cfg.dtype,
                                  [opt])
-            step_s = seconds(step, device, args.probe, reduce=lambda times: sum(times) / len(times))  # the mean: a plan
+            step_s = seconds(step, device, args.probe, reduce=mean)
             steps = max(1, round(60 * args.minutes / step_s))
-            print(f"{name}: {step_s:.3f} s per step in the probe -> {steps} steps for {args.minutes} minutes")
-            del model, step
-            # checkpoint and sample GIFs only at the end, so the logged step times are training alone
-            train.main(["--config", config, "--stage", "dit", f"--dit.vae_ckpt={os.path.join(run, 'vae.pt')}",
-                        f"--dit.objective={name}", f"--dit.steps={steps}", f"--out_dir={out}",
-                        f"--dit.ckpt_every={steps}", f"--dit.sample_every={steps}",
-                        "--dit.compile=false"])  # eager, as the probe timed it: no compile minutes in the budget
+            print(f"{name}: {step_s:.3f} s per DiT step in the probe -> {steps} steps for {args.minutes} minutes")
+            del model, step, vae
+            # checkpoint and sample GIFs only at the end, so the logged step times are training alone; eager, as
+            # the probe timed it: no compile minutes in the budget
+            train.main(["--config", config, *flags, *stage, f"--dit.steps={steps}", f"--out_dir={out}",
+                        f"--dit.ckpt_every={steps}", f"--dit.sample_every={steps}", "--dit.compile=false"])
         with open(os.path.join(out, "metrics.jsonl")) as f:
-            log = [r for r in map(json.loads, f) if r.get("stage") == "dit" and "step_s" in r]
-        log = log[max(i for i, r in enumerate(log) if r["step"] == 1):]  # the last run only
-        q = quality(load_generator(ckpt)[0], n_per_prompt=args.n, model=judge_model)
+            records = [json.loads(line) for line in f]
+        row = {}
+        for stage_name in ("vae", "dit") if args.vae_minutes else ("dit",):
+            log = [r for r in records if r.get("stage") == stage_name and "step_s" in r]
+            log = log[max(i for i, r in enumerate(log) if r["step"] == 1):]  # the last run only
+            prefix = "vae_" if stage_name == "vae" else ""
+            row |= {f"{prefix}steps": len(log), f"{prefix}train_minutes": sum(r["step_s"] for r in log) / 60}
+        generate_fn, reconstruct_fn = load_generator(ckpt)
+        q = quality(generate_fn, n_per_prompt=args.n, model=judge_model,
+                    reconstruct_fn=reconstruct_fn if args.vae_minutes else None)
         g = judged[name] = q["generated"]
-        rows[name] = dict(steps=len(log), train_minutes=sum(r["step_s"] for r in log) / 60, digit=g["digit"],
-                          axis=g["axis"], both=g["both"], fd=g["fd"], sample_s_per_video=g["generate_s"] / g["n"])
+        row |= dict(digit=g["digit"], axis=g["axis"], both=g["both"], fd=g["fd"],
+                    sample_s_per_video=g["generate_s"] / g["n"])
+        if args.vae_minutes:
+            vae = sample.load_vae(sample.load_checkpoint(os.path.join(out, "vae.pt"), "vae"), device)
+            row |= dict(recon_digit=q["vae"]["digit"], **vae_figures(cfg, vae, device, out))
+        rows[name] = row
     rows["real val (judge ceiling)"] = {c: q["real"][c] for c in ("digit", "axis", "both", "fd")}
-    table(f"objectives trained {args.minutes} min each on {run}'s latents; {args.n} samples x 20 prompts, "
-          "sampled and decoded with sample.py's defaults", rows)
+    what = f"each variant's VAE {args.vae_minutes} min, then its DiT" if args.vae_minutes else "variants"
+    table(f"{what} trained {args.minutes} min each on {run or 'its own VAE'}'s latents; {args.n} samples x 20 "
+          "prompts, sampled and decoded with sample.py's defaults", rows)
     write_report(dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(), run=run,
-                      minutes=args.minutes, n_per_prompt=args.n, judge={k: v for k, v in info.items() if k != "path"},
-                      rows=rows, judged=judged), os.path.join(args.out, "objectives.json"), begin)
+                      minutes=args.minutes, vae_minutes=args.vae_minutes, variants=variants, n_per_prompt=args.n,
+                      judge={k: v for k, v in info.items() if k != "path"}, rows=rows, judged=judged),
+                 os.path.join(args.out, f"{name_of}.json"), begin)
+
+
+def mean(times):
+    return sum(times) / len(times)  # a probe plans a run: the mean step, not the best
 
 
 # ----------------------------------------------------------------------------- context parallel
@@ -539,14 +602,23 @@ def main(argv=None):
     s.add_argument("--chunk", type=int, default=2, help="latent frames per chunk in chunked VAE inference")
     s.add_argument("--matmul", type=int, default=0, help="n of the n x n x n matmul (default: 8192 CUDA, 2048 CPU)")
     s.set_defaults(run=run_speed)
-    o = sub.add_parser("objectives", help="ddpm vs flow vs pyramid trained for the same wall time, then judged")
-    o.add_argument("--run", dest="run_dir", required=True, help="a finished run: config.yaml, vae.pt, latents.pt, ...")
-    o.add_argument("--minutes", type=float, default=5.0, help="training wall time of each objective")
-    o.add_argument("--n", type=int, default=8, help="samples per prompt (20 prompts)")
-    o.add_argument("--probe", type=int, default=3, help="timed steps that set the step count")
-    o.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
-    o.add_argument("--out", default="runs/bench", help="where judge.pt, objectives/ and objectives.json go")
-    o.set_defaults(run=run_objectives)
+    for command in ("compare", "objectives"):  # objectives: compare's default variants, under their old name
+        o = sub.add_parser(command, help="variants (default: ddpm, flow, pyramid) trained for the same wall time, "
+                                         "then judged")
+        o.add_argument("--run", dest="run_dir", default="", help="a finished run whose VAE and latents all share")
+        o.add_argument("--variant", action="append", metavar="NAME=FLAGS",
+                       help="a variant and its train.py overrides, e.g. hunyuan='--dit.arch=hunyuan'; repeat")
+        o.add_argument("--flags", default="", help="train.py overrides of every variant, written --flags='--dtype=fp32 ...'")
+        o.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
+                       help="without --variant: one variant per objective")
+        o.add_argument("--minutes", type=float, default=5.0, help="DiT training wall time of each variant")
+        o.add_argument("--vae-minutes", type=float, default=0.0,
+                       help="train each variant's own VAE this long first (VAE designs), from --config")
+        o.add_argument("--config", default="tiny.yaml", help="with --vae-minutes: the recipe the variants change")
+        o.add_argument("--n", type=int, default=8, help="samples per prompt (20 prompts)")
+        o.add_argument("--probe", type=int, default=3, help="timed steps that set the step count")
+        o.add_argument("--out", default="runs/bench", help=f"where judge.pt, {command}/ and {command}.json go")
+        o.set_defaults(run=run_compare)
     c = sub.add_parser("context", help="one long video through the VAE on 1 rank, or split over torchrun's ranks")
     c.add_argument("--config", default="tiny.yaml", help="the VAE to build (and data.size, data.channels)")
     c.add_argument("--vae", default="", help="a vae.pt to load (default: random weights; memory and time are alike)")

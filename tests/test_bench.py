@@ -285,3 +285,25 @@ def test_objectives_reuse_the_run_and_score_each(val, images, tmp_path, monkeypa
     bench.main(again)
     assert "trained on another run's latents" in capsys.readouterr().out
     assert torch.equal(torch.load(cached, weights_only=False)["vae"][first], original)  # retrained on this run's
+
+
+@pytest.mark.filterwarnings("ignore:prompt")
+def test_compare_trains_each_variant_its_own_vae_and_reports_the_vae_columns(val, images, tmp_path, monkeypatch):
+    import json
+    (tmp_path / "toy.yaml").write_text(TOY)
+    info = dict(train_s=0.0, steps=0, seed=0, val_acc=1.0, val_acc_degraded=1.0)
+    monkeypatch.setattr(bench, "load_judge", lambda path: (Templates(val, images), dict(info, path=path)))
+    bench.main(["compare", "--config", str(tmp_path / "toy.yaml"), "--vae-minutes", "0.002", "--minutes", "0.002",
+                "--n", "1", "--probe", "1", "--variant", "base=", "--variant", "c8=--vae.latent_channels=8",
+                "--flags=--dit.videos=8", "--out", str(tmp_path / "bench")])
+    report = json.loads((tmp_path / "bench" / "compare.json").read_text())
+    assert report["variants"] == {"base": ["--dit.videos=8"], "c8": ["--dit.videos=8", "--vae.latent_channels=8"]}
+    for name in ("base", "c8"):
+        row = report["rows"][name]
+        assert row["vae_steps"] >= 1 and row["steps"] >= 1 and 0 <= row["recon_digit"] <= 1
+        assert row["causal_leak"] == 0 and row["chunk_gap"] < 1e-4  # per-frame norms: causal and chunk-exact
+        assert row["val_psnr"] > 0 and row["codec_s"] > 0
+    latents = torch.load(tmp_path / "bench" / "compare" / "c8" / "latents.pt", weights_only=True)["latents"]
+    assert latents.shape[1] == 8  # the DiT trained on the variant's own VAE
+    with pytest.raises(SystemExit, match="NAME=FLAGS"):
+        bench.main(["compare", "--run", str(tmp_path), "--variant", "nameless"])
