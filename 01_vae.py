@@ -16,6 +16,12 @@ that the diffusion transformer of 02_dit.py learns to generate. Four ideas:
    repeat when going up, so the convs only learn a residual. DC-AE needs them to train at
    high compression; here they are what lets a CPU budget of a few thousand steps suffice.
 
+Options, to compare the designs the course compares (the defaults are the above): time_compress_at="first"
+compresses time in the encoder's first, full-resolution levels (CogVideoX) instead of its last (HunyuanVideo);
+norm="clip" normalises over the whole clip as CogVideoX ships it, with the leak 2. describes; bottleneck="fsq"
+replaces the Gaussian with finite scalar quantization (Mentzer et al. 2023): every latent channel rounded to one
+of fsq_levels values, so every latent position is one token of a prod(fsq_levels) codebook.
+
     python 01_vae.py    # trains a small VAE on Moving MNIST on CPU, prints PSNR, writes a GIF
 """
 import math
@@ -64,10 +70,10 @@ class FrameNorm(nn.GroupNorm):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin, cout, groups=8):
+    def __init__(self, cin, cout, norm=FrameNorm, groups=8):
         super().__init__()
-        self.norm1, self.conv1 = FrameNorm(groups, cin), CausalConv3d(cin, cout)
-        self.norm2, self.conv2 = FrameNorm(groups, cout), CausalConv3d(cout, cout)
+        self.norm1, self.conv1 = norm(groups, cin), CausalConv3d(cin, cout)
+        self.norm2, self.conv2 = norm(groups, cout), CausalConv3d(cout, cout)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, cache=None):
@@ -124,19 +130,19 @@ def group_mean(x, channels):
 
 
 class Encoder(nn.Module):
-    def __init__(self, in_channels, channels, latent_channels, layers_per_block, time_levels, patch):
+    def __init__(self, in_channels, channels, latent_channels, layers_per_block, time_at, patch, norm, moments):
         super().__init__()
         self.patch, self.latent_channels = patch, latent_channels
         self.conv_in = CausalConv3d(in_channels * patch * patch, channels[0])
         self.blocks = nn.ModuleList()
         for i, ch in enumerate(channels):
             for j in range(layers_per_block):
-                self.blocks.append(ResBlock(channels[max(i - 1, 0)] if j == 0 else ch, ch))
-            if i < len(channels) - 1:  # temporal downsampling in the last (cheapest) levels
-                self.blocks.append(Downsample(ch, time=i >= len(channels) - 1 - time_levels))
-        self.mid = ResBlock(channels[-1], channels[-1])
-        self.norm_out = FrameNorm(8, channels[-1])
-        self.conv_out = CausalConv3d(channels[-1], 2 * latent_channels)  # mean and log-variance
+                self.blocks.append(ResBlock(channels[max(i - 1, 0)] if j == 0 else ch, ch, norm))
+            if i < len(channels) - 1:
+                self.blocks.append(Downsample(ch, time=time_at[i]))
+        self.mid = ResBlock(channels[-1], channels[-1], norm)
+        self.norm_out = norm(8, channels[-1])
+        self.conv_out = CausalConv3d(channels[-1], moments * latent_channels)  # the mean (and log-variance for KL)
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
         # patchify p x p pixels into channels (LTX-Video): the convs then run at H/p, far cheaper
@@ -145,23 +151,23 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, cache)
         x = self.mid(x, cache)                                     # (B, ch, t, h, w)
-        mean, logvar = self.conv_out(F.silu(self.norm_out(x)), cache).chunk(2, dim=1)
-        return mean + group_mean(x, self.latent_channels), logvar  # (B, c, t, h, w) each, the mean with a shortcut
+        moments, c = self.conv_out(F.silu(self.norm_out(x)), cache), self.latent_channels
+        return torch.cat([moments[:, :c] + group_mean(x, c), moments[:, c:]], dim=1)  # the mean with a shortcut
 
 
 class Decoder(nn.Module):
-    def __init__(self, out_channels, channels, latent_channels, layers_per_block, time_levels, patch):
+    def __init__(self, out_channels, channels, latent_channels, layers_per_block, time_at, patch, norm):
         super().__init__()
         self.patch, self.out_channels = patch, out_channels
         self.conv_in = CausalConv3d(latent_channels, channels[-1])
-        self.mid = ResBlock(channels[-1], channels[-1])
-        self.blocks = nn.ModuleList()
+        self.mid = ResBlock(channels[-1], channels[-1], norm)
+        self.blocks, n = nn.ModuleList(), len(channels) - 1
         for i in reversed(range(len(channels))):
             for j in range(layers_per_block):
-                self.blocks.append(ResBlock(channels[min(i + 1, len(channels) - 1)] if j == 0 else channels[i], channels[i]))
-            if i > 0:
-                self.blocks.append(Upsample(channels[i], time=i > len(channels) - 1 - time_levels))
-        self.norm_out = FrameNorm(8, channels[0])
+                self.blocks.append(ResBlock(channels[min(i + 1, n)] if j == 0 else channels[i], channels[i], norm))
+            if i > 0:  # the mirror of the encoder's Downsample i - 1
+                self.blocks.append(Upsample(channels[i], time=time_at[i - 1]))
+        self.norm_out = norm(8, channels[0])
         self.conv_out = CausalConv3d(channels[0], out_channels * patch * patch)
 
     def forward(self, z, cache=None):  # z: (B, c, t, h, w)
@@ -190,6 +196,63 @@ class DiagonalGaussian:
     def kl(self):
         """KL(q || N(0, I)) summed over (c, t, h, w): one number per video, shape (B,)."""
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
+
+
+class FSQ:
+    """Finite scalar quantization (Mentzer et al. 2023): channel i of z is bounded to L_i levels and rounded.
+
+    The codebook is the grid itself, prod(L_i) points: nothing to learn and no unused entries to die, as they
+    do in VQ-VAE's. Each latent position is one token of it, what an autoregressive video model would predict.
+    """
+
+    def __init__(self, levels):
+        self.levels, self.codebook_size = list(levels), math.prod(levels)
+        self.radix = [math.prod(levels[:i]) for i in range(len(levels))]  # channel 0 the least significant digit
+
+    def grid(self, device):  # (L - 1) / 2 per channel, and 1/2 for an even L, whose grid is the half-integers
+        half = (torch.tensor(self.levels, device=device).view(-1, 1, 1, 1) - 1) / 2
+        return half, half % 1
+
+    def __call__(self, z):  # z: (B, c, t, h, w) -> the same, each channel on L values from -1 to 1
+        half, offset = self.grid(z.device)
+        # y = (L - 1) / 2 tanh(z) rounds to L values symmetric about 0: -2..2 for L = 5, -1.5..1.5 for L = 4
+        # (the paper shifts an even L's grid to the integers -2..1, which takes an offset inside the tanh)
+        y = half * torch.tanh(z)
+        return ((y + offset).round() - offset + (y - y.detach())) / half  # straight-through: dy/dz passes the round
+
+    def codes(self, z):  # a latent, or any (B, c, t, h, w) -> the integer codes in [0, L - 1] of the nearest point
+        half, offset = self.grid(z.device)
+        return ((z.clamp(-1, 1) * half + offset).round() - offset + half).long()
+
+    def dequantize(self, codes):  # the inverse of codes() on the grid
+        half, _ = self.grid(codes.device)
+        return (codes - half) / half
+
+    def index(self, codes):  # (B, c, t, h, w) -> (B, t, h, w): one token in [0, prod(L)) per latent position
+        if self.codebook_size > torch.iinfo(torch.long).max:
+            raise ValueError(f"{self.codebook_size} codes do not fit an int64 index: use fewer levels or channels")
+        return (codes * torch.tensor(self.radix, device=codes.device).view(-1, 1, 1, 1)).sum(1)
+
+    def unindex(self, index):  # (B, t, h, w) -> (B, c, t, h, w)
+        radix, levels = (torch.tensor(v, device=index.device).view(-1, 1, 1, 1) for v in (self.radix, self.levels))
+        return index.unsqueeze(1) // radix % levels
+
+
+class Quantized:
+    """FSQ's posterior, a point mass: sample() = mode(), and no KL term, as the rounding already bounds
+    the information (log2 prod(L_i) bits per latent position) that the KL term of a Gaussian prices."""
+
+    def __init__(self, z):
+        self.mean = z
+
+    def sample(self, generator=None):
+        return self.mean
+
+    def mode(self):
+        return self.mean
+
+    def kl(self):
+        return self.mean.new_zeros(self.mean.shape[0])
 
 
 class ContextParallel:
@@ -242,24 +305,42 @@ class ContextParallel:
 
 class CausalVAE(nn.Module):
     """Causal 3D VAE. Space compression patch * 2 ** (len(channels) - 1); time compression a power
-    of two, done in the last log2(time_compression) downsamplings."""
+    of two, done in the last (or first) log2(time_compression) downsamplings. Options: module docstring."""
 
     def __init__(self, in_channels=1, channels=(32, 64, 128), latent_channels=16, layers_per_block=1,
-                 time_compression=4, patch=2):
+                 time_compression=4, patch=2, time_compress_at="last", norm="frame", bottleneck="kl", fsq_levels=5):
         super().__init__()
-        time_levels = int(math.log2(time_compression))
-        if 2 ** time_levels != time_compression or time_levels > len(channels) - 1:
+        for name, value, allowed in (("time_compress_at", time_compress_at, ("last", "first")),
+                                     ("norm", norm, ("frame", "clip")), ("bottleneck", bottleneck, ("kl", "fsq"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        time_levels, n = int(math.log2(time_compression)), len(channels) - 1
+        if 2 ** time_levels != time_compression or time_levels > n:
             raise ValueError(f"time_compression must be a power of two up to 2 ** (len(channels) - 1) = "
-                             f"{2 ** (len(channels) - 1)}, got {time_compression}")
+                             f"{2 ** n}, got {time_compression}")
         if channels[0] % (in_channels * patch * patch) or channels[-1] % latent_channels:
             raise ValueError(f"the shortcuts need channels[0] divisible by in_channels * patch**2 = "
                              f"{in_channels * patch * patch} and channels[-1] by latent_channels = "
                              f"{latent_channels}, got channels={list(channels)}")
+        levels = [fsq_levels] if isinstance(fsq_levels, int) else list(fsq_levels)
+        levels = levels * latent_channels if len(levels) == 1 else levels
+        if bottleneck == "fsq" and (len(levels) != latent_channels or min(levels) < 2):
+            raise ValueError(f"fsq_levels takes one number of levels >= 2, or one per latent channel "
+                             f"({latent_channels}), got {fsq_levels}")
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.time_compression = time_compression
         self.space_compression = patch * 2 ** (len(channels) - 1)
-        self.encoder = Encoder(in_channels, channels, latent_channels, layers_per_block, time_levels, patch)
-        self.decoder = Decoder(in_channels, channels, latent_channels, layers_per_block, time_levels, patch)
+        # Downsample i halves time too if time_at[i]: in the encoder's first levels, at full resolution (CogVideoX),
+        # or in its last, cheapest ones (HunyuanVideo). Upsample i mirrors Downsample i - 1; the shipped decoders
+        # do not mirror: CogVideoX's doubles time in its first upsamplings, HunyuanVideo's in its last, so the
+        # default pairs HunyuanVideo's encoder with CogVideoX's decoder.
+        time_at = [i < time_levels if time_compress_at == "first" else i >= n - time_levels for i in range(n)]
+        # "clip": nn.GroupNorm over (C / groups, T, H, W), FrameNorm's parent, so the weights are named alike
+        norm_layer = FrameNorm if norm == "frame" else nn.GroupNorm
+        self.fsq = FSQ(levels) if bottleneck == "fsq" else None
+        self.encoder = Encoder(in_channels, channels, latent_channels, layers_per_block, time_at, patch, norm_layer,
+                               moments=2 if self.fsq is None else 1)
+        self.decoder = Decoder(in_channels, channels, latent_channels, layers_per_block, time_at, patch, norm_layer)
         # 1 / std of the latents, measured after training so that the DiT sees unit variance (LDM)
         self.register_buffer("scaling_factor", torch.tensor(1.0))
 
@@ -285,27 +366,28 @@ class CausalVAE(nn.Module):
                              "(send and recv carry no gradient)")
 
     def encode(self, x, chunk=None, parallel=None):
-        """x (B, C, 1 + tc*k, H, W) in [-1, 1] -> posterior over (B, c, 1 + k, H/s, W/s).
+        """x (B, C, 1 + tc*k, H, W) in [-1, 1] -> posterior over (B, c, 1 + k, H/s, W/s): a DiagonalGaussian,
+        or with bottleneck="fsq" a Quantized one (the same mode/sample/kl, on FSQ's grid).
 
         chunk (latent frames): stream the video in pieces of chunk * tc frames (the first piece
         also gets frame 0), passing each causal conv's last frames on in `cache`. Same result, with
         memory set by the chunk instead of the video length. parallel: a ContextParallel, the
         multi-process form of the same (CogVideoX's context parallelism): x is this rank's piece,
         parallel.split(video, tc), and so is the posterior; parallel.gather joins the pieces.
+        With norm="clip" both run but are approximate, each piece normalised with its own statistics as in
+        CogVideoX's chunked encode (its context parallelism gathers the clip for every GroupNorm instead): left
+        running, not refused, so that the gap can be measured. decode() likewise.
         """
         self.check_video(x, first=parallel is None or parallel.rank == 0)
         self.check_pieces(chunk, parallel)
-        if parallel is not None:  # each causal conv's front padding arrives from rank - 1
-            mean, logvar = self.encoder(x, parallel)
-        elif chunk is None:
-            mean, logvar = self.encoder(x)
+        if chunk is None:  # with parallel, each causal conv's front padding arrives from rank - 1
+            moments = self.encoder(x, parallel)
         else:
-            n = chunk * self.time_compression
+            n, cache = chunk * self.time_compression, {}
             pieces = [x[:, :, :1 + n]] + [p for p in x[:, :, 1 + n:].split(n, dim=2) if p.shape[2]]
-            cache = {}
-            means, logvars = zip(*[self.encoder(piece, cache) for piece in pieces])
-            mean, logvar = torch.cat(means, dim=2), torch.cat(logvars, dim=2)
-        return DiagonalGaussian(mean.float(), logvar.float())
+            moments = torch.cat([self.encoder(piece, cache) for piece in pieces], dim=2)
+        moments = moments.float()  # (B, 2c, t, h, w): mean and log-variance; (B, c, t, h, w) for FSQ
+        return DiagonalGaussian(*moments.chunk(2, dim=1)) if self.fsq is None else Quantized(self.fsq(moments))
 
     def decode(self, z, chunk=None, parallel=None):
         """z (B, c, 1 + k, h, w) -> video (B, C, 1 + tc*k, h*s, w*s); chunk and parallel as in encode
@@ -460,6 +542,9 @@ if __name__ == "__main__":
     black = psnr(x, torch.full_like(x, -1.0)).mean()
     print(f"validation PSNR {psnr(x, recon).mean():.2f} dB on 17-frame videos (all-black frames: {black:.2f} dB); "
           f"latent scaling factor {vae.scaling_factor.item():.3f}")
+    tokens = (1 + 16 // vae.time_compression) * (64 // vae.space_compression) ** 2  # latent positions of a video
+    print(f"as FSQ tokens (bottleneck='fsq', 5 levels a channel) a 17-frame video is {tokens} tokens of a codebook "
+          f"of {FSQ([5] * vae.latent_channels).codebook_size:,}")
     os.makedirs("runs/demo", exist_ok=True)
     grid = torch.cat([torch.cat([x[i], recon[i]], dim=-1) for i in range(4)], dim=-2)  # (1, 17, 256, 128)
     save_gif("runs/demo/vae.gif", grid)

@@ -64,6 +64,11 @@ class VAEConfig:
     sample_every: int = 1000
     val_frames: int = 17             # validation PSNR is measured on 17-frame videos
     context_parallel: int = 1        # latent cache: N ranks per video, each encoding a piece of its time axis (01)
+    # the designs the course compares (01): where time is compressed, the norm, the bottleneck
+    time_compress_at: str = "last"   # last: in the deepest levels (HunyuanVideo) | first: at full resolution (CogVideoX)
+    norm: str = "frame"              # frame: per-frame GroupNorm, exactly causal | clip: over the clip (CogVideoX)
+    bottleneck: str = "kl"           # kl: Gaussian + KL | fsq: finite scalar quantization (Mentzer et al. 2023)
+    fsq_levels: list[int] = field(default_factory=lambda: [5])  # fsq: levels per latent channel (one: all alike)
 
 
 @dataclass
@@ -125,6 +130,7 @@ class Config:
 
 
 CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "data.on_bad": ("skip", "error"),
+           "vae.time_compress_at": ("last", "first"), "vae.norm": ("frame", "clip"), "vae.bottleneck": ("kl", "fsq"),
            "device": ("auto", "cpu", "cuda", "mps"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
            "dit.t_sampling": ("uniform", "logit_normal"), "dit.ddpm_sampler": ("ddim", "ddpm"),
