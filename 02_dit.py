@@ -1,21 +1,27 @@
-"""Text encoder + expert transformer: the denoiser of CogVideoX (Yang et al. 2024), at toy size.
+"""Text encoder + transformer: the denoisers of CogVideoX (Yang et al. 2024) and HunyuanVideo (Kong et al. 2024),
+at toy size.
 
 The latent video (B, C, T, H, W) is cut into 2x2 patches (1 or 2 latent frames deep), one token each, and
-the caption is encoded by a small transformer trained from scratch (CogVideoX uses a frozen T5-XXL).
-Both go into one sequence [text; video] that full 3D attention mixes. "Expert" (CogVideoX's expert
-adaLN) means text and video tokens share every weight except the adaLN modulation: each modality gets
-its own shift/scale/gate from the conditioning vector. That vector is the timestep plus a pooled caption,
-the one idea taken from HunyuanVideo (whose transformer is different: dual-stream blocks, text and video
-with their own weights, then single-stream blocks). 3D RoPE tells video tokens where they are in
-(t, h, w); qk-norm keeps the attention logits bounded.
+the caption is encoded by a small transformer trained from scratch (CogVideoX uses a frozen T5-XXL,
+HunyuanVideo a multimodal LLM). Both go into one sequence [text; video] that full 3D attention mixes, in
+one of two architectures (arch=):
+- "cogvideox", expert blocks: text and video tokens share every weight except the adaLN modulation, where
+  each modality gets its own shift/scale/gate from the conditioning vector.
+- "hunyuan": dual-stream blocks, where text and video have all their own weights and meet only in the
+  joint attention, then single-stream blocks over the joined sequence, with attention and MLP side by side
+  (FLUX's design); the caption is first refined by a small transformer conditioned on the timestep.
+The conditioning vector is the timestep plus a pooled caption (HunyuanVideo's idea, in both), and optionally
+a guidance scale (HunyuanVideo's distilled model). 3D RoPE tells video tokens where they are in (t, h, w);
+qk-norm keeps the attention logits bounded.
 
 For later files: `attention="factorized"` (spatial then temporal attention, the design CogVideoX argues
 against), `history=` and `causal=True` for Pyramid Flow's autoregressive temporal pyramid (05), activation
 checkpointing, and `sp_group=` for Ulysses sequence parallelism (ulysses_attention) across processes.
 
-    python 02_dit.py    # overfits 8 captioned random latents with a flow-matching loss, prints the loss
-                        # curve, samples them back from their captions -> runs/demo/dit_samples.png
+    python 02_dit.py [--arch hunyuan]   # overfits 8 captioned random latents with a flow-matching loss, prints
+                                        # the loss curve, samples them back -> runs/demo/dit_samples.png
 """
+import argparse
 import math
 import os
 import time
@@ -41,6 +47,15 @@ def timestep_embedding(t, dim=256, max_period=10000):
     return torch.cat([args.cos(), args.sin()], dim=-1)
 
 
+def modulation(dim, n):
+    """Linear(SiLU(emb)) -> n D-vectors (shifts, scales, gates), zero-initialised: adaLN-Zero (DiT), so every
+    gate starts at 0 and every block as the identity."""
+    linear = nn.Linear(dim, n * dim)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.SiLU(), linear)
+
+
 def mlp(dim, ratio):
     # exact (erf) GELU, not CogVideoX's tanh approximation: in bf16 on a CPU its kernel is 2x faster
     return nn.Sequential(nn.Linear(dim, ratio * dim), nn.GELU(), nn.Linear(ratio * dim, dim))
@@ -61,17 +76,21 @@ def unpatchify(tokens, grid, p, pt):
 
 
 class RoPE3D(nn.Module):
-    """3D rotary position embedding (RoFormer, Su et al. 2021) with CogVideoX 5B's split of each head: of its
-    head_dim/2 channel pairs, 1/4 rotate with the frame t, 3/8 with the row h, 3/8 with the column w.
+    """3D rotary position embedding (RoFormer, Su et al. 2021): of each head's head_dim/2 channel pairs, some
+    rotate with the frame t, some with the row h, the rest with the column w. split="cogvideox" (CogVideoX
+    5B): 1/4, 3/8, 3/8. split="hunyuan": HunyuanVideo's 16:56:56 channels of 128, scaled as 1/8 of the pairs
+    for t and the rest halved between h and w, h taking an odd one: 4:14:14 at head_dim 32, 2:8:6 at 16.
     Rotating q and k by their own positions makes q.k depend only on the offset between them. Positions
     are floats, so a coarser frame can be laid onto the current grid (frame_positions)."""
 
-    def __init__(self, head_dim, theta=10000.0):
+    def __init__(self, head_dim, theta=10000.0, split="cogvideox"):
         super().__init__()
         if head_dim % 16:
-            raise ValueError(f"3D RoPE splits head_dim 2:3:3 into even parts, so it must be a multiple of 16, "
-                             f"not {head_dim}")
-        dims = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+            raise ValueError(f"3D RoPE splits head_dim into t, h, w parts of whole channel pairs, so it must be a "
+                             f"multiple of 16, not {head_dim}")
+        pairs = head_dim // 2
+        t = {"cogvideox": pairs // 4, "hunyuan": pairs // 8}[split]
+        dims = (2 * t, 2 * ((pairs - t + 1) // 2), 2 * ((pairs - t) // 2))     # channels for t, h, w
         freqs = torch.cat([theta ** (-torch.arange(0, d, 2) / d) for d in dims])      # (head_dim/2,)
         axis = torch.repeat_interleave(torch.arange(3), torch.tensor(dims) // 2)      # pair -> 0 (t), 1 (h), 2 (w)
         self.register_buffer("freqs", freqs, persistent=False)
@@ -195,37 +214,54 @@ def ulysses_attention(q, k, v, attn_mask, group, n_text=0):
     return torch.cat([text, AllToAll.apply(out[:, :, n_text:], 2, 1, group)], dim=2)  # (B, heads, L + N/W, hd)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with qk-norm: LayerNorm over head_dim on queries and keys (CogVideoX), which
-    bounds the logits q.k / sqrt(head_dim) and keeps low-precision training stable. axis="full" attends over
-    the whole sequence; "space" or "time" is factorized (see factorized_attention)."""
+def attend(q, k, v, attn_mask=None, rope=None, n_text=0, frames=1, group=None, axis="full"):
+    """Rotate q and k (B, heads, S, head_dim) by rope, attend, merge the heads -> (B, S, D). The arguments are
+    Attention's, which HunyuanVideo's blocks share with it."""
+    if rope is not None:
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+    if group is not None:
+        out = ulysses_attention(q, k, v, attn_mask, group, n_text)
+    elif axis == "full":
+        out = attention(q, k, v, attn_mask)                                 # (B, heads, S, head_dim)
+    else:
+        out = factorized_attention(q, k, v, attn_mask, n_text, frames, axis)
+    return out.transpose(1, 2).flatten(2)
 
-    def __init__(self, dim, heads, axis="full"):
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm in fp32, as HunyuanVideo's: under bf16 autocast q and k arrive in bf16, and with fp32 weights
+    torch's fused kernel would fall back to a slower one (with a warning)."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type_as(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with qk-norm over head_dim on queries and keys (LayerNorm in CogVideoX, RMSNorm
+    in HunyuanVideo), which bounds the logits q.k / sqrt(head_dim) and keeps low-precision training stable.
+    axis="full" attends over the whole sequence; "space" or "time" is factorized (see factorized_attention)."""
+
+    def __init__(self, dim, heads, axis="full", qk_norm=nn.LayerNorm):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.axis = heads, axis
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.LayerNorm(dim // heads, eps=1e-6)
-        self.k_norm = nn.LayerNorm(dim // heads, eps=1e-6)
+        self.q_norm = qk_norm(dim // heads, eps=1e-6)
+        self.k_norm = qk_norm(dim // heads, eps=1e-6)
         self.proj = nn.Linear(dim, dim)
+
+    def heads_of(self, x):
+        """x (B, S, D) -> q, k, v (B, heads, S, head_dim), q and k normalized."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x, attn_mask=None, rope=None, n_text=0, frames=1, group=None):
         """x (B, S, D); attn_mask bool (B, 1, S or 1, S), True = may attend; rope angles (S, head_dim/2).
         Factorized attention also needs n_text (the caption comes first) and the number of video frames.
         group: x holds the caption and this rank's video shard, rope its angles, attn_mask the full sequence's
         (ulysses_attention, full attention only)."""
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, S, hd)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        if group is not None:
-            out = ulysses_attention(q, k, v, attn_mask, group, n_text)
-        elif self.axis == "full":
-            out = attention(q, k, v, attn_mask)                             # (B, heads, S, head_dim)
-        else:
-            out = factorized_attention(q, k, v, attn_mask, n_text, frames, self.axis)
-        return self.proj(out.transpose(1, 2).flatten(2))                    # (B, S, D)
+        return self.proj(attend(*self.heads_of(x), attn_mask, rope, n_text, frames, group, self.axis))  # (B, S, D)
 
 
 class ExpertBlock(nn.Module):
@@ -240,10 +276,7 @@ class ExpertBlock(nn.Module):
         self.attn = Attention(dim, heads, axis)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = mlp(dim, mlp_ratio)
-        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 12 * dim))
-        # adaLN-Zero (DiT): all gates start at 0, so the block starts as the identity
-        nn.init.zeros_(self.adaLN[1].weight)
-        nn.init.zeros_(self.adaLN[1].bias)
+        self.adaLN = modulation(dim, 12)
 
     def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, sp_group=None):
         """text (B, L, D), video (B, N, D), emb (B, D) timestep embedding -> updated (text, video).
@@ -261,6 +294,66 @@ class ExpertBlock(nn.Module):
         return text, video
 
 
+class DualStreamBlock(nn.Module):
+    """HunyuanVideo's dual-stream block (SD3's MM-DiT): text and video each have their own adaLN modulation, QKV,
+    qk-norm, output projection and MLP (1.5x an expert block's weights), and meet only in one attention over
+    [text; video] (HunyuanVideo's order is [video; text]: attention does not care, the masks and Ulysses here
+    want the caption first). Each update is x += gate * f(modulate(LN(x), shift, scale)), as in ExpertBlock."""
+
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)  # no weights (adaLN's): both streams'
+        self.text, self.video = (nn.ModuleDict(dict(attn=Attention(dim, heads, qk_norm=RMSNorm),
+                                                    mlp=mlp(dim, mlp_ratio), adaLN=modulation(dim, 6)))
+                                 for _ in range(2))
+
+    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, sp_group=None):
+        """As ExpertBlock's; frames is unused (factorized attention is CogVideoX's ablation)."""
+        txt_shift_a, txt_scale_a, txt_gate_a, txt_shift_m, txt_scale_m, txt_gate_m = \
+            self.text.adaLN(emb)[:, None].chunk(6, dim=-1)                  # (B, 1, D) each
+        vid_shift_a, vid_scale_a, vid_gate_a, vid_shift_m, vid_scale_m, vid_gate_m = \
+            self.video.adaLN(emb)[:, None].chunk(6, dim=-1)
+        txt_qkv = self.text.attn.heads_of(modulate(self.norm(text), txt_shift_a, txt_scale_a))
+        vid_qkv = self.video.attn.heads_of(modulate(self.norm(video), vid_shift_a, vid_scale_a))
+        q, k, v = (torch.cat(pair, dim=2) for pair in zip(txt_qkv, vid_qkv))  # (B, heads, L + N, head_dim)
+        L = text.shape[1]
+        h = attend(q, k, v, attn_mask, rope, L, group=sp_group)             # (B, L + N, D)
+        text = text + txt_gate_a * self.text.attn.proj(h[:, :L])
+        video = video + vid_gate_a * self.video.attn.proj(h[:, L:])
+        text = text + txt_gate_m * self.text.mlp(modulate(self.norm(text), txt_shift_m, txt_scale_m))
+        video = video + vid_gate_m * self.video.mlp(modulate(self.norm(video), vid_shift_m, vid_scale_m))
+        return text, video
+
+
+class SingleStreamBlock(nn.Module):
+    """HunyuanVideo's single-stream block (FLUX; the parallel layers of ViT-22B): one set of weights for the
+    joined sequence x = [text; video], attention and MLP side by side on the same modulated input. So one
+    Linear gives q, k, v and the MLP's hidden layer h, and one maps [attn(q, k, v); GELU(h)] back:
+    x += gate * W2 [attn; GELU(h)], with 0.6x an expert block's weights."""
+
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__()
+        self.heads, self.widths = heads, (3 * dim, mlp_ratio * dim)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear1 = nn.Linear(dim, (3 + mlp_ratio) * dim)                # QKV and the MLP's first layer
+        self.q_norm = RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = RMSNorm(dim // heads, eps=1e-6)
+        self.linear2 = nn.Linear((1 + mlp_ratio) * dim, dim)                # attention's and the MLP's output
+        self.adaLN = modulation(dim, 3)
+
+    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, sp_group=None):
+        """As ExpertBlock's, so that both archs run one loop of blocks: text and video are joined here and split
+        again after the block (a copy of x per block, small beside linear1)."""
+        L = text.shape[1]
+        x = torch.cat([text, video], dim=1)                                 # (B, L + N, D)
+        shift, scale, gate = self.adaLN(emb)[:, None].chunk(3, dim=-1)      # (B, 1, D) each
+        qkv, h = self.linear1(modulate(self.norm(x), shift, scale)).split(self.widths, dim=-1)
+        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L + N, hd)
+        attn = attend(self.q_norm(q), self.k_norm(k), v, attn_mask, rope, L, group=sp_group)  # (B, L + N, D)
+        x = x + gate * self.linear2(torch.cat([attn, F.gelu(h)], dim=-1))
+        return x[:, :L], x[:, L:]
+
+
 class TextLayer(nn.Module):
     """Pre-LN transformer layer (GPT-2): x += Attn(LN(x)); x += MLP(LN(x))."""
 
@@ -272,6 +365,21 @@ class TextLayer(nn.Module):
     def forward(self, x, attn_mask):
         x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
+
+
+class RefinerLayer(TextLayer):
+    """A layer of HunyuanVideo's token refiner: a TextLayer whose updates x += gate * f(LN(x)) are gated from
+    emb (timestep + pooled caption), the gates zero-initialised. HunyuanVideo refines a frozen MLLM's tokens
+    for the DiT; here the refiner lets the caption tokens depend on the noise level."""
+
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__(dim, heads, mlp_ratio)
+        self.adaLN = modulation(dim, 2)
+
+    def forward(self, x, attn_mask, emb):
+        gate_a, gate_m = self.adaLN(emb)[:, None].chunk(2, dim=-1)          # (B, 1, D) each
+        x = x + gate_a * self.attn(self.norm1(x), attn_mask)
+        return x + gate_m * self.mlp(self.norm2(x))
 
 
 class TextEncoder(nn.Module):
@@ -305,15 +413,32 @@ class TextEncoder(nn.Module):
 
 class DiT(nn.Module):
     """Latent video denoiser: pred = model(x_t, t, ids, mask) with pred of x_t's shape (the objective, 03-05,
-    decides what pred means: v, velocity or noise). attention="full" is CogVideoX's 3D attention over
-    [text; video]; "factorized" alternates spatial and temporal blocks (see factorized_attention)."""
+    decides what pred means: v, velocity or noise). arch="cogvideox": depth expert blocks; attention="full" is
+    CogVideoX's 3D attention over [text; video], "factorized" alternates spatial and temporal blocks (see
+    factorized_attention). arch="hunyuan": the token refiner, then double_depth dual-stream and
+    depth - double_depth single-stream blocks (full attention only). guidance_embed: forward takes the
+    guidance scale too (HunyuanVideo's guidance-distilled model)."""
 
     def __init__(self, in_channels, dim, depth, heads, vocab_size, max_text_len, text_depth, patch=2, patch_t=1,
-                 attention="full", mlp_ratio=4, checkpointing=False, image_channels=0):
+                 attention="full", mlp_ratio=4, checkpointing=False, image_channels=0, arch="cogvideox",
+                 double_depth=None, guidance_embed=False):
         super().__init__()
         if attention not in ("full", "factorized"):
             raise ValueError(f"attention must be 'full' or 'factorized', got {attention!r}")
-        self.in_channels, self.patch, self.patch_t = in_channels, patch, patch_t
+        if arch not in ("cogvideox", "hunyuan"):
+            raise ValueError(f"arch must be 'cogvideox' or 'hunyuan', got {arch!r}")
+        if arch == "hunyuan" and attention != "full":
+            raise ValueError("attention='factorized' is CogVideoX's ablation: it needs arch='cogvideox'")
+        if arch == "cogvideox" and double_depth is not None:
+            raise ValueError("double_depth counts HunyuanVideo's dual-stream blocks: it needs arch='hunyuan'")
+        # HunyuanVideo has 20 dual-stream then 40 single-stream blocks; by default the same 1:2 split, at least
+        # one dual. Per block (mlp_ratio 4): expert 24 D^2 weights, dual 36, single 15, on average 22 with the
+        # 1:2 split, plus 28 D^2 for the refiner: at equal dim and depth >= 6, within ~10% of CogVideoX's count
+        double_depth = max(1, depth // 3) if double_depth is None else double_depth
+        if not 0 <= double_depth < depth:  # or the last dual-stream block's text update goes unused (DDP fails)
+            raise ValueError(f"double_depth must be in [0, depth = {depth}): at least one single-stream block "
+                             f"follows the dual-stream ones, got {double_depth}")
+        self.in_channels, self.patch, self.patch_t, self.arch = in_channels, patch, patch_t, arch
         self.attention, self.checkpointing, self.image_channels = attention, checkpointing, image_channels
         patch_dim = in_channels * patch_t * patch * patch
         self.text_encoder = TextEncoder(vocab_size, dim, text_depth, heads, max_text_len)
@@ -322,20 +447,28 @@ class DiT(nn.Module):
         self.x_embed = nn.Linear((in_channels + image_channels) * patch_t * patch * patch, dim)
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.text_pool = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.rope = RoPE3D(dim // heads)
-        # factorized: spatial and temporal blocks alternate (Latte), each with exactly a full block's weights,
-        # so the ablation changes only who attends to whom
-        axes = ["full"] * depth if attention == "full" else [("space", "time")[i % 2] for i in range(depth)]
-        self.blocks = nn.ModuleList(ExpertBlock(dim, heads, mlp_ratio, axis) for axis in axes)
+        if arch == "cogvideox":
+            self.rope = RoPE3D(dim // heads)
+            # factorized: spatial and temporal blocks alternate (Latte), each with exactly a full block's weights,
+            # so the ablation changes only who attends to whom
+            axes = ["full"] * depth if attention == "full" else [("space", "time")[i % 2] for i in range(depth)]
+            self.blocks = nn.ModuleList(ExpertBlock(dim, heads, mlp_ratio, axis) for axis in axes)
+            self.refiner = nn.ModuleList()
+        else:
+            self.rope = RoPE3D(dim // heads, theta=256.0, split="hunyuan")  # HunyuanVideo's theta
+            self.blocks = nn.ModuleList([DualStreamBlock(dim, heads, mlp_ratio) for _ in range(double_depth)] +
+                                        [SingleStreamBlock(dim, heads, mlp_ratio) for _ in range(depth - double_depth)])
+            self.refiner = nn.ModuleList(RefinerLayer(dim, heads, mlp_ratio) for _ in range(2))  # 2, as HunyuanVideo
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.final_adaLN = modulation(dim, 2)
         self.final_linear = nn.Linear(dim, patch_dim)
-        # adaLN-Zero (DiT): the prediction starts at exactly 0, and every block as the identity
-        for layer in (self.final_adaLN[1], self.final_linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        # adaLN-Zero (DiT): the prediction starts at exactly 0
+        nn.init.zeros_(self.final_linear.weight)
+        nn.init.zeros_(self.final_linear.bias)
+        # HunyuanVideo's guidance distillation: the classifier-free guidance scale is an input, embedded like t
+        self.g_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim)) if guidance_embed else None
 
-    def forward(self, x, t, ids, mask, history=None, causal=False, sp_group=None, image=None):
+    def forward(self, x, t, ids, mask, history=None, causal=False, sp_group=None, image=None, guidance=None):
         """x (B, C, T, H, W) latents; t (B,) timesteps on 0..1000; ids, mask (B, L) the caption.
         history: past latent frames, oldest first, each (B, C, 1, h_j, w_j) with h_j <= H, w_j <= W, put in the
         sequence [text; history; x] (Pyramid Flow's temporal pyramid); it implies causal=True, the
@@ -345,7 +478,8 @@ class DiT(nn.Module):
         (the caption replicated, see ulysses_attention). Every rank then computes the same loss, and the
         mean of the ranks' gradients is the single-process gradient (what DDP's averaging does).
         image: with image_channels > 0, the latents of the first k <= T given frames (B, image_channels, k, H, W),
-        zero-padded to T frames and concatenated to x (CogVideoX-I2V); None (no image) is all zeros."""
+        zero-padded to T frames and concatenated to x (CogVideoX-I2V); None (no image) is all zeros.
+        guidance: with guidance_embed, the guidance scale (B,) that the distilled model imitates (e.g. 6.0)."""
         history = list(history or [])
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be latents (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
@@ -373,6 +507,11 @@ class DiT(nn.Module):
             raise ValueError("this DiT was built without image_channels: it cannot take an image")
         else:
             x_in = x
+        if self.g_embed is not None and (guidance is None or guidance.shape != (B,)):
+            raise ValueError(f"this DiT was built with guidance_embed: it needs guidance=, one scale per sample "
+                             f"({B},), got {None if guidance is None else tuple(guidance.shape)}")
+        if self.g_embed is None and guidance is not None:
+            raise ValueError("this DiT was built without guidance_embed: it cannot take guidance")
         causal = causal or bool(history)
         if (causal or sp_group is not None) and self.attention != "full":
             raise ValueError("history, causal=True and sp_group need attention='full' "
@@ -391,6 +530,10 @@ class DiT(nn.Module):
         # every adaLN sees, learned long before attention has found which text token names the digit
         pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, D) mean of the real tokens
         emb = self.t_embed(timestep_embedding(t)) + self.text_pool(pooled)  # (B, D)
+        for layer in self.refiner:  # hunyuan only: the caption re-read at this noise level, padding still hidden
+            text = layer(text, mask[:, None, None, :], emb)
+        if self.g_embed is not None:  # the scale w enters as HunyuanVideo's does, at 1000 w on the t scale
+            emb = emb + self.g_embed(timestep_embedding(1000 * guidance))
         rope = F.pad(self.rope(pos), (0, 0, text.shape[1], 0))              # (S, head_dim/2): text angle 0, unrotated
         attn_mask = F.pad(mask, (0, video.shape[1]), value=True)[:, None, None, :]  # (B, 1, 1, S): padded text hidden
         if causal:
@@ -419,14 +562,20 @@ class DiT(nn.Module):
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Overfit 8 captioned random latents with the DiT, sample them back.")
+    parser.add_argument("--arch", choices=["cogvideox", "hunyuan"], default="cogvideox")
+    arch = parser.parse_args().arch
+    n, C, T, H, W, L = 8, 4, 3, 8, 8, 8
+    size = dict(in_channels=C, dim=128, depth=4, heads=4, vocab_size=32, max_text_len=L, text_depth=1)
+    for name in ("cogvideox", "hunyuan"):  # at depth 4: 4 expert blocks; 1 dual-stream + 3 single-stream blocks
+        print(f"{name} DiT: {sum(p.numel() for p in DiT(**size, arch=name).parameters()) / 1e6:.2f}M parameters"
+              f"{'  <- training this one' if name == arch else ''}")
     torch.manual_seed(0)
     # 8 random "latents" (01's VAE makes real ones), each with its own random caption of 2..8 tokens
-    n, C, T, H, W, L = 8, 4, 3, 8, 8, 8
     x0 = torch.randn(n, C, T, H, W)
     mask = torch.arange(L)[None] < torch.randint(2, L + 1, (n, 1))          # (n, L)
     ids = torch.randint(2, 32, (n, L)) * mask                               # PAD (0) after each caption
-    model = DiT(C, dim=128, depth=4, heads=4, vocab_size=32, max_text_len=L, text_depth=1)
-    print(f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    model = DiT(**size, arch=arch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     # flow matching (04): x_s = (1 - s) x0 + s eps, regress the velocity eps - x0 at t = 1000 s
     start = time.time()

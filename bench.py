@@ -208,7 +208,8 @@ def peak_mib(fn, device):
         torch.cuda.reset_peak_memory_stats()
         fn()
         return (torch.cuda.max_memory_allocated() - held) / 2 ** 20
-    with silent_fd(2), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with silent_fd(2), torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         fn()
     trace = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     return max(itertools.accumulate((n for _, n in trace), initial=0)) / 2 ** 20
@@ -608,7 +609,8 @@ def main(argv=None):
         o.add_argument("--run", dest="run_dir", default="", help="a finished run whose VAE and latents all share")
         o.add_argument("--variant", action="append", metavar="NAME=FLAGS",
                        help="a variant and its train.py overrides, e.g. hunyuan='--dit.arch=hunyuan'; repeat")
-        o.add_argument("--flags", default="", help="train.py overrides of every variant, written --flags='--dtype=fp32 ...'")
+        o.add_argument("--flags", default="",
+                       help="train.py overrides of every variant, written --flags='--dtype=fp32 ...'")
         o.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
                        help="without --variant: one variant per objective")
         o.add_argument("--minutes", type=float, default=5.0, help="DiT training wall time of each variant")

@@ -503,7 +503,10 @@ def train_dit(cfg, rank, world, device, resume):
         ids_, mask_ = diffusion.drop_captions(ids_, mask_, d.caption_dropout)
         if sp_group is not None:  # every call of the objective runs the DiT over this group's ranks
             m = functools.partial(m, sp_group=sp_group)
-        return objective.loss(m, x0, dict(ids=ids_, mask=mask_), rank=sp_rank, world_size=sp_world), {}
+        cond = dict(ids=ids_, mask=mask_)
+        if d.i2v:  # CogVideoX-I2V: the first latent frame, noise-augmented, as the image input (03)
+            cond["image"] = diffusion.image_condition(x0, d.i2v_drop)
+        return objective.loss(m, x0, cond, rank=sp_rank, world_size=sp_world), {}
 
     def state(step):  # under FSDP the getters gather the shards: every rank must call them
         weights = get_model_state_dict(model, options=whole) if d.fsdp else model.state_dict()

@@ -65,7 +65,7 @@ class VAEConfig:
     val_frames: int = 17             # validation PSNR is measured on 17-frame videos
     context_parallel: int = 1        # latent cache: N ranks per video, each encoding a piece of its time axis (01)
     # the designs the course compares (01): where time is compressed, the norm, the bottleneck
-    time_compress_at: str = "last"   # last: in the deepest levels (HunyuanVideo) | first: at full resolution (CogVideoX)
+    time_compress_at: str = "last"   # last: in the deepest levels (HunyuanVideo) | first: full resolution (CogVideoX)
     norm: str = "frame"              # frame: per-frame GroupNorm, exactly causal | clip: over the clip (CogVideoX)
     bottleneck: str = "kl"           # kl: Gaussian + KL | fsq: finite scalar quantization (Mentzer et al. 2023)
     fsq_levels: list[int] = field(default_factory=lambda: [5])  # fsq: levels per latent channel (one: all alike)
@@ -75,8 +75,10 @@ class VAEConfig:
 class DiTConfig:
     objective: str = "flow"          # ddpm | flow | pyramid
     vae_ckpt: str = ""               # the frozen VAE; empty: OUT/vae.pt from the vae stage
+    arch: str = "cogvideox"          # cogvideox: expert blocks | hunyuan: dual- then single-stream blocks (02)
     dim: int = 256
     depth: int = 8
+    double_depth: int = -1           # hunyuan: dual-stream blocks of the depth; -1 = depth // 3 (HunyuanVideo's 1:2)
     heads: int = 4
     text_depth: int = 2
     text_len: int = 16
@@ -110,6 +112,8 @@ class DiTConfig:
     pyramid_stage_ratios: list[float] = field(default_factory=list)  # pyramid: batch share per stage; [] = equal (05)
     pyramid_shift: float = 1.0       # pyramid: time shift of the stage windows; the official scripts train at 1 (05)
     history_noise: float = 1 / 3     # pyramid: history frames get sigma ~ U(0, history_noise) in training (05)
+    i2v: bool = False                # flow/ddpm: also learn image-to-video, the first latent frame as input (03)
+    i2v_drop: float = 0.1            # i2v: the share of samples trained without the image (text-to-video)
     ckpt_every: int = 500
     sample_every: int = 500
     prompts: list[str] = field(default_factory=lambda: [
@@ -129,14 +133,14 @@ class Config:
     dit: DiTConfig = field(default_factory=DiTConfig)
 
 
-CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "data.on_bad": ("skip", "error"),
+CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", "mps"),
+           "data.on_bad": ("skip", "error"),
            "vae.time_compress_at": ("last", "first"), "vae.norm": ("frame", "clip"), "vae.bottleneck": ("kl", "fsq"),
-           "device": ("auto", "cpu", "cuda", "mps"),
-           "dit.objective": ("ddpm", "flow", "pyramid"), "dit.attention": ("full", "factorized"),
-           "dit.t_sampling": ("uniform", "logit_normal"), "dit.ddpm_sampler": ("ddim", "ddpm"),
-           "dit.flow_solver": ("euler", "heun")}
-RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0), "dit.history_noise": (0.0, 0.99),
-          "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
+           "dit.objective": ("ddpm", "flow", "pyramid"), "dit.arch": ("cogvideox", "hunyuan"),
+           "dit.attention": ("full", "factorized"), "dit.t_sampling": ("uniform", "logit_normal"),
+           "dit.ddpm_sampler": ("ddim", "ddpm"), "dit.flow_solver": ("euler", "heun")}
+RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
+          "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
 
 
 def coerce(key, value, kind):
@@ -248,6 +252,9 @@ def check_config(cfg, args, world):
     if sp > 1 and (d.objective == "pyramid" or d.compile or d.fsdp or d.attention != "full" or d.heads % sp):
         fail(f"dit.sequence_parallel={sp} needs the flow or ddpm objective, full attention, dit.heads divisible "
              f"by {sp}, and neither dit.compile nor dit.fsdp")
+    if d.i2v and d.objective == "pyramid":
+        fail("dit.i2v is for the flow and ddpm objectives: the pyramid takes an image as its first history frame "
+             "(sample.py --image) without it")
     if d.fsdp and d.compile:
         fail("dit.fsdp runs eagerly: set dit.compile=false")
     for key, section, ranks in (("vae", v, world), ("dit", d, world // sp)):  # ranks of one sequence share a batch

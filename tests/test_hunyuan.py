@@ -1,0 +1,301 @@
+"""HunyuanVideo's transformer in 02_dit.py (arch="hunyuan"): dual-stream then single-stream blocks, the token
+refiner, the guidance embedding, and everything the CogVideoX arch already works with (masks, history,
+image conditioning, checkpointing, sequence parallelism, the three objectives).
+
+Run as a script, this file is one rank of the 2-process Ulysses test (test_sequence_parallel_equals_one_process):
+
+    OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node=2 tests/test_hunyuan.py OUT
+"""
+import datetime
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+dit = importlib.import_module("02_dit")
+
+C, D, HEADS, L = 4, 32, 2, 6  # head_dim 16: hunyuan's RoPE gives t, h, w 1, 4, 3 channel pairs
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make(perturb=True, **kw):
+    """depth 3: one dual-stream block, then two single-stream blocks (the default split)."""
+    torch.manual_seed(0)
+    model = dit.DiT(**{**dict(in_channels=C, dim=D, depth=3, heads=HEADS, vocab_size=20, max_text_len=L,
+                              text_depth=1, arch="hunyuan"), **kw}).eval()
+    if perturb:  # undo adaLN-Zero: with zero gates and output most tests would pass trivially
+        with torch.no_grad():
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_(std=0.3)
+    return model
+
+
+def caption(lengths):
+    mask = torch.arange(L)[None] < torch.tensor(lengths)[:, None]
+    ids = torch.randint(2, 20, (len(lengths), L), generator=torch.Generator().manual_seed(1)) * mask
+    return ids, mask
+
+
+def changed(a, b):
+    return not torch.allclose(a, b, atol=1e-4)
+
+
+def kinds(model):
+    return [type(b).__name__[0] for b in model.blocks]  # D(ual), S(ingle), E(xpert)
+
+
+def test_default_split_is_one_dual_stream_block_in_three_at_least_one():
+    assert kinds(make(depth=6)) == list("DDSSSS") and kinds(make(depth=2)) == list("DS")
+    assert kinds(make(double_depth=0)) == list("SSS") and kinds(make(arch="cogvideox")) == list("EEE")
+    assert len(make().refiner) == 2 and len(make(arch="cogvideox").refiner) == 0
+
+
+@pytest.mark.parametrize("arch", ["cogvideox", "hunyuan"])
+def test_at_init_output_is_zero_and_every_block_is_the_identity(arch):
+    model = make(perturb=False, arch=arch, guidance_embed=True)
+    x, t, ids_mask = torch.randn(2, C, 3, 4, 4), torch.tensor([1.0, 500.0]), caption([2, 6])
+    w = torch.tensor([1.0, 6.0])  # guidance scales
+    assert torch.count_nonzero(model(x, t, *ids_mask, guidance=w)) == 0
+    text, video, emb = torch.randn(2, L, D), torch.randn(2, 12, D), torch.randn(2, D)
+    for block in model.blocks:
+        text_out, video_out = block(text, video, emb)
+        assert torch.equal(text_out, text) and torch.equal(video_out, video)
+    for layer in model.refiner:
+        assert torch.equal(layer(text, ids_mask[1][:, None, None, :], emb), text)
+    perturbed = make(arch=arch, guidance_embed=True)  # the same checks fail once the zero-init weights are moved
+    assert torch.count_nonzero(perturbed(x, t, *ids_mask, guidance=w)) > 0
+    for block in perturbed.blocks:
+        text_out, video_out = block(text, video, emb)
+        assert changed(text_out, text) and changed(video_out, video)
+    for layer in perturbed.refiner:
+        assert changed(layer(text, ids_mask[1][:, None, None, :], emb), text)
+
+
+def test_padded_text_is_ignored_and_real_text_is_not():
+    model = make()
+    x, t = torch.randn(2, C, 2, 4, 4), torch.tensor([100.0, 700.0])
+    ids, mask = caption([3, 5])
+    out = model(x, t, ids, mask)
+    padded = ids.clone()
+    padded[~mask] = torch.randint(2, 20, (int((~mask).sum()),))
+    assert torch.equal(model(x, t, padded, mask), out)
+    real = ids.clone()
+    real[0, 1] = 2 + (ids[0, 1] - 2 + 1) % 18  # another non-PAD token
+    out_real = model(x, t, real, mask)
+    assert changed(out_real[0], out[0]) and torch.equal(out_real[1], out[1])
+
+
+def test_dual_stream_text_and_video_weights_are_distinct_and_both_learn():
+    model = make().train()
+    block = model.blocks[0]
+    text_params, video_params = dict(block.text.named_parameters()), dict(block.video.named_parameters())
+    assert text_params.keys() == video_params.keys()
+    assert {n.split(".")[0] for n in text_params} == {"attn", "mlp", "adaLN"}
+    model(torch.randn(2, C, 2, 4, 4), torch.tensor([5.0, 500.0]), *caption([2, 4])).square().mean().backward()
+    for name, p in text_params.items():
+        q = video_params[name]
+        assert p is not q and p.data_ptr() != q.data_ptr(), name
+        assert p.grad.abs().sum() > 0 and q.grad.abs().sum() > 0, name
+        assert changed(p.grad, q.grad), name
+
+
+def test_single_stream_block_fuses_attention_and_mlp():
+    block = make(depth=2, double_depth=0).blocks[0]
+    assert block.linear1.weight.shape == (3 * D + 4 * D, D) and block.linear2.weight.shape == (D, D + 4 * D)
+    assert {n.split(".")[0] for n, _ in block.named_parameters()} == {"linear1", "linear2", "q_norm", "k_norm",
+                                                                      "adaLN"}
+    assert isinstance(block.q_norm, torch.nn.RMSNorm) and isinstance(make().blocks[0].video.attn.k_norm,
+                                                                     torch.nn.RMSNorm)
+
+
+@pytest.mark.parametrize("patch_t", [1, 2])
+def test_causal_later_frame_does_not_change_earlier_frames(patch_t):
+    model = make(patch_t=patch_t)
+    x, t, ids_mask = torch.randn(1, C, 4, 4, 4), torch.tensor([300.0]), caption([4])
+    later = x.clone()
+    later[:, :, 2] += 1
+    keep = 2 // patch_t * patch_t
+    out, out_later = model(x, t, *ids_mask, causal=True), model(later, t, *ids_mask, causal=True)
+    assert torch.equal(out[:, :, :keep], out_later[:, :, :keep]) and changed(out[:, :, keep:], out_later[:, :, keep:])
+    assert changed(model(x, t, *ids_mask)[:, :, :keep], model(later, t, *ids_mask)[:, :, :keep])
+
+
+def test_history_is_causal_and_equals_an_earlier_causal_frame():
+    model = make()
+    t, ids_mask = torch.tensor([300.0]), caption([4])
+    x = torch.randn(1, C, 3, 4, 4)
+    whole = model(x, t, *ids_mask, causal=True)
+    split = model(x[:, :, 1:], t, *ids_mask, history=[x[:, :, :1]])
+    assert torch.allclose(split, whole[:, :, 1:], atol=1e-5)
+    later = x[:, :, 1:].clone()
+    later[:, :, 1] += 1
+    out_later = model(later, t, *ids_mask, history=[x[:, :, :1]])
+    assert torch.equal(out_later[:, :, 0], split[:, :, 0]) and changed(out_later[:, :, 1], split[:, :, 1])
+    coarse = model(x[:, :, 1:], t, *ids_mask, history=[torch.randn(1, C, 1, 2, 2)])  # a lower-resolution history
+    assert coarse.shape == split.shape and changed(coarse, split)
+
+
+def test_unsupported_options_are_clear_errors():
+    with pytest.raises(ValueError, match="needs arch='cogvideox'"):
+        make(attention="factorized")
+    with pytest.raises(ValueError, match="needs arch='hunyuan'"):
+        make(arch="cogvideox", double_depth=1)
+    with pytest.raises(ValueError, match="arch must be"):
+        make(arch="flux")
+    for double_depth in (-1, 3):
+        with pytest.raises(ValueError, match=r"double_depth must be in \[0, depth = 3\)"):
+            make(double_depth=double_depth)
+
+
+def test_image_conditioning():
+    model = make(image_channels=C)
+    x, t, ids_mask = torch.randn(2, C, 3, 4, 4), torch.tensor([100.0, 700.0]), caption([3, 5])
+    out = model(x, t, *ids_mask)
+    assert out.shape == x.shape
+    assert torch.equal(model(x, t, *ids_mask, image=torch.zeros(2, C, 1, 4, 4)), out)
+    assert changed(model(x, t, *ids_mask, image=torch.randn(2, C, 1, 4, 4)), out)
+
+
+def test_guidance_embedding_changes_the_output_only_when_on():
+    x, t, ids_mask = torch.randn(2, C, 2, 4, 4), torch.tensor([100.0, 700.0]), caption([3, 5])
+    on, off = make(guidance_embed=True), make()
+    a = on(x, t, *ids_mask, guidance=torch.tensor([1.0, 6.0]))
+    b = on(x, t, *ids_mask, guidance=torch.tensor([3.0, 6.0]))
+    assert changed(a[0], b[0]) and torch.equal(a[1], b[1])  # each sample's own scale
+    assert set(on.state_dict()) - set(off.state_dict()) == {f"g_embed.{i}.{p}" for i in (0, 2)
+                                                             for p in ("weight", "bias")}
+    with pytest.raises(ValueError, match="without guidance_embed"):
+        off(x, t, *ids_mask, guidance=torch.tensor([1.0, 6.0]))
+    with pytest.raises(ValueError, match=r"needs guidance=.*\(2,\), got None"):
+        on(x, t, *ids_mask)
+
+
+@pytest.mark.parametrize("split,head_dim,pairs", [("hunyuan", 128, [8, 28, 28]), ("hunyuan", 32, [2, 7, 7]),
+                                                  ("hunyuan", 16, [1, 4, 3]), ("cogvideox", 64, [8, 12, 12])])
+def test_rope_split(split, head_dim, pairs):
+    """HunyuanVideo splits its 128 channels 16:56:56 (pairs 8:28:28), scaled to smaller heads; CogVideoX 16:24:24 of 64.
+    Either way the score depends only on the offset between query and key."""
+    rope = dit.RoPE3D(head_dim, split=split)
+    assert rope.axis.bincount().tolist() == pairs
+    q, k = torch.randn(1, 1, 1, head_dim), torch.randn(1, 1, 1, head_dim)
+    pq, pk, shift = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[4.0, 0.0, 1.5]]), torch.tensor([[5.0, -3.0, 7.0]])
+
+    def score(a, b):
+        return (dit.apply_rope(q, rope(a)) * dit.apply_rope(k, rope(b))).sum()
+
+    assert torch.allclose(score(pq + shift, pk + shift), score(pq, pk), atol=1e-4)
+
+
+def test_parameter_count_matches_cogvideox_at_equal_dim_and_depth():
+    """tiny.yaml's DiT: 1.66M parameters as cogvideox, 1.81M as hunyuan (+9%); depth 5 with 2 dual blocks: 1.67M."""
+    size = dict(in_channels=16, dim=96, depth=6, heads=3, vocab_size=128, max_text_len=16, text_depth=2)
+
+    def count(**kw):
+        return sum(p.numel() for p in dit.DiT(**{**size, **kw}).parameters())
+
+    cogvideox = count()
+    assert 1.0 < count(arch="hunyuan") / cogvideox < 1.15
+    assert abs(count(arch="hunyuan", depth=5, double_depth=2) / cogvideox - 1) < 0.01
+
+
+def test_checkpointing_gives_the_same_output_and_gradients():
+    plain, ckpt = make().train(), make(checkpointing=True).train()
+    x, t, ids_mask = torch.randn(2, C, 2, 4, 4), torch.tensor([5.0, 50.0]), caption([2, 4])
+    outs = []
+    for model in (plain, ckpt):
+        out = model(x, t, *ids_mask, causal=True)
+        out.square().mean().backward()
+        outs.append(out)
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    for a, b in zip(plain.parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_bf16_autocast_matches_fp32():
+    model = make()
+    x, t, ids_mask = torch.randn(2, C, 2, 4, 4), torch.tensor([5.0, 50.0]), caption([2, 4])
+    history = [torch.randn(2, C, 1, 2, 2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x, t, *ids_mask, history=history)
+    high = model(x, t, *ids_mask, history=history)
+    assert low.shape == high.shape and (low.float() - high).abs().max() < 0.05 * high.abs().max()
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "flow", "pyramid"])
+def test_every_objective_trains_it(objective):
+    module, name = {"ddpm": ("03_diffusion", "GaussianDiffusion"), "flow": ("04_flow", "RectifiedFlow"),
+                    "pyramid": ("05_pyramid", "PyramidFlow")}[objective]
+    obj = getattr(importlib.import_module(module), name)()
+    model = make().train()
+    ids, mask = caption([2, 3, 4, 6])
+    g = torch.Generator().manual_seed(0)
+    loss = obj.loss(model, torch.randn(4, C, 2, 4, 4), dict(ids=ids, mask=mask), generator=g)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_loss_falls_on_a_flow_matching_toy():
+    flow = importlib.import_module("04_flow").RectifiedFlow()
+    model = make(perturb=False).train()
+    torch.manual_seed(0)
+    x0, cond = torch.randn(4, C, 2, 4, 4), dict(zip(("ids", "mask"), caption([2, 3, 4, 6])))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g, losses = torch.Generator().manual_seed(0), []
+    for _ in range(30):
+        loss = flow.loss(model, x0, cond, generator=g)  # new t and noise every step
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.9 * sum(losses[:10]), losses  # ~1.9 -> ~1.6: early on, most of v is noise
+
+
+# ----------------------------------------------------------------------------- Ulysses, 2 processes
+def sp_inputs():
+    """12 video tokens (+ 4 history tokens): divisible by 2 ranks; a padded caption and a full one."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, C, 3, 4, 4, generator=g)
+    history = [torch.randn(2, C, 1, 4, 4, generator=g)]
+    return (x, torch.tensor([10.0, 700.0]), *caption([3, 6])), history, torch.randn(x.shape, generator=g)
+
+
+SP_CASES = {"full": dict(), "history+checkpointing": dict(checkpointing=True)}
+
+
+def sp_run(name, sp_group=None):
+    model = make(**SP_CASES[name])
+    args, history, weight = sp_inputs()
+    out = model(*args, history=history if "history" in name else None, sp_group=sp_group)
+    (out * weight).sum().backward()
+    return out.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_sequence_parallel_equals_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(tmp_path)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name in SP_CASES:
+        out, grads = sp_run(name)
+        for r in ranks:  # every rank returns the whole prediction
+            torch.testing.assert_close(r[name]["out"], out, rtol=0, atol=1e-5)
+        for n, grad in grads.items():  # the mean over ranks is the one-process gradient (see test_parallel.py)
+            atol = max(1e-5, 1e-6 * grad.abs().max().item())
+            torch.testing.assert_close(sum(r[name]["grads"][n] for r in ranks) / 2, grad, rtol=1e-5, atol=atol,
+                                       msg=lambda m: f"{name} {n}: {m}")
+
+
+if __name__ == "__main__":
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    result = {}
+    for name in SP_CASES:
+        out, grads = sp_run(name, dist.group.WORLD)
+        result[name] = dict(out=out, grads=grads)
+    torch.save(result, os.path.join(sys.argv[1], f"rank{dist.get_rank()}.pt"))
+    dist.destroy_process_group()
