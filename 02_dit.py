@@ -435,7 +435,7 @@ class DiT(nn.Module):
         # one dual. Per block (mlp_ratio 4): expert 24 D^2 weights, dual 36, single 15, on average 22 with the
         # 1:2 split, plus 28 D^2 for the refiner: at equal dim and depth >= 6, within ~10% of CogVideoX's count
         double_depth = max(1, depth // 3) if double_depth is None else double_depth
-        if not 0 <= double_depth < depth:  # or the last dual-stream block's text update goes unused (DDP fails)
+        if arch == "hunyuan" and not 0 <= double_depth < depth:  # or the last dual block's text update is unused
             raise ValueError(f"double_depth must be in [0, depth = {depth}): at least one single-stream block "
                              f"follows the dual-stream ones, got {double_depth}")
         self.in_channels, self.patch, self.patch_t, self.arch = in_channels, patch, patch_t, arch

@@ -15,6 +15,7 @@ with t = 0 .. T-1 running from almost clean to pure noise. CogVideoX (Yang et al
 - DDIM (Song et al. 2021) with trailing timestep spacing, which starts at the pure-noise step.
 Classifier-free guidance (Ho & Salimans 2022) needs a "no caption" input; its helpers live here and
 serve every objective, with Lin et al.'s guidance rescale, which zero terminal SNR needs at high guidance.
+CogVideoX-I2V's first-frame input for training (image_condition) lives beside them: it is dropped the same way.
 
     python 03_diffusion.py    # prints and draws the noise schedules (runs/demo/schedules.png)
     python 04_flow.py         # trains this DDPM and 04's flow on a 2-D toy and compares them
@@ -99,7 +100,9 @@ def guided_prediction(model, x, t, cond, uncond, cfg, rescale=0.0):
     """Classifier-free guidance (Ho & Salimans 2022): pred_u + cfg (pred_c - pred_u), optionally rescaled.
 
     One forward over the batch [cond; uncond] rather than two calls, so the model sees one big batch.
-    cfg == 1 is the conditional prediction alone, and skips the unconditional half.
+    cfg == 1 is the conditional prediction alone, and skips the unconditional half. An input that guidance
+    should leave alone goes into both halves unchanged, as CogVideoX's sample_video.py does with the I2V image:
+    then pred_c - pred_u is the caption's effect alone.
     """
     if cfg == 1.0:
         return model(x, t, **cond)
@@ -127,6 +130,31 @@ def drop_captions(ids, mask, p, generator=None):
     drop = torch.rand(ids.shape[0], generator=generator, device=ids.device) < p  # (B,)
     null_ids, null_mask = null_caption(ids.shape[0], ids.shape[1], ids.device)
     return torch.where(drop[:, None], null_ids, ids), torch.where(drop[:, None], null_mask, mask)
+
+
+def image_condition(x0, p_drop, log_sigma_mean=-3.0, log_sigma_std=0.5, generator=None):
+    """CogVideoX-I2V's image input for training, model(..., image=...): the first latent frame of x0
+    (B, C, T, H, W), noise-augmented, and zeroed ("no image") with probability p_drop per sample, so that one
+    model learns image-to-video and, where dropped, text-to-video. Returns (B, C, 1, H, W).
+
+    Noise augmentation (THUDM/CogVideo sat/diffusion_video.py, add_noise_to_first_frame): image + sigma n with
+    log sigma ~ N(-3, 0.5), so sigma is about 0.05. Always given the exact latent, the model could come to rely
+    on its exactness; with a little noise it treats the image as evidence, and tolerates the frames it gets at
+    sampling: an image from elsewhere, or its own generated frame when a long video is continued window by
+    window (sample.py). CogVideoX noises pixels before its VAE; our latents are encoded once (train.py's
+    cache), so the noise goes on the scaled latents, whose unit variance is comparable to the spread of pixels
+    in [-1, 1]: sigma stays a small share of the signal. CogVideoX's dropout (noised_image_dropout, 0.05 in
+    cogvideox_5b_i2v.yaml) zeroes a whole batch; here each sample draws its own, independently of
+    drop_captions, so caption and image are each dropped, or both, or neither.
+    """
+    if not 0 <= p_drop <= 1:
+        raise ValueError(f"image dropout p must be in [0, 1], got {p_drop}")
+    B, shape = x0.shape[0], (-1, 1, 1, 1, 1)
+    image = x0[:, :, :1]                                                                 # (B, C, 1, H, W)
+    sigma = torch.exp(log_sigma_mean + log_sigma_std * torch.randn(B, generator=generator, device=x0.device))
+    noise = torch.randn(image.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    keep = torch.rand(B, generator=generator, device=x0.device) >= p_drop                # (B,)
+    return (image + sigma.view(shape).to(x0.dtype) * noise) * keep.view(shape).to(x0.dtype)
 
 
 class GaussianDiffusion(nn.Module):

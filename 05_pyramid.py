@@ -6,7 +6,9 @@ noisiest part of the flow runs at low resolution: stage k works at 1/2^(K-1-k) o
 of the noise level, and at each jump to the next stage the latent is upsampled and given a little fresh
 noise. One model serves every stage; their disjoint timestep ranges tell it which one it is in.
 Time is a second pyramid: the video is generated one latent frame after another, and the past frames the
-model conditions on (its history) are kept at lower resolution the older they are.
+model conditions on (its history) are kept at lower resolution the older they are. Given frames are history
+like any other: an image as frame 0 makes image-to-video without extra training, and a sliding window of
+history continues a video past the trained length (sample(first=..., window=...)).
 
 Convention (as in 04_flow.py and the official code): sigma is the noise coefficient, x = sigma n + (1 - sigma) x0,
 sigma = 1 is pure noise. Stage k runs sigma from s_k down to e_k; inside it a local ratio r runs from 1 to 0:
@@ -225,24 +227,45 @@ class PyramidFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, model, shape, cond, uncond=None, steps=20, cfg=1.0, cfg_rescale=0.0, generator=None,
-               progress=False):
+               progress=False, first=None, window=None):
         """Generate latents of `shape` (B, C, T, H, W), one latent frame at a time, each coarse to fine with
-        `steps` Euler steps per stage. The first frame has no history; frame f sees frames 0..f-1."""
+        `steps` Euler steps per stage. The first frame has no history; frame f sees frames 0..f-1.
+
+        first: given latent frames (B, C, k, H, W), kept as frames 0..k-1; only frames k..T-1 are generated.
+            Image-to-video with the image's latent as frame 0, the history carrying it: no extra training
+            (the official generate_i2v does the same).
+        window: the most past frames a frame sees (None: all). Older frames are dropped from the history, so
+            a video of any length costs the same per frame; sample.py passes the trained latent frames - 1.
+        """
         B, C, T, H, W = self.check_shape(shape)
         if steps < 1:
             raise ValueError(f"steps (per stage) must be >= 1, got {steps}")
+        if first is not None and (first.dim() != 5 or first.shape[:2] != (B, C) or first.shape[2] > T
+                                  or first.shape[3:] != (H, W)):
+            raise ValueError(f"first must be given latent frames (B={B}, C={C}, k<={T}, {H}, {W}), "
+                             f"got {tuple(first.shape)}")
+        if window is not None and window < 1:
+            raise ValueError(f"window (history frames) must be >= 1, got {window}")
         if cfg != 1:
             if uncond is None or uncond.keys() != cond.keys():
                 raise ValueError(f"cfg={cfg} needs uncond (the null caption) with the keys of cond, {sorted(cond)}")
             cond = {key: torch.cat([cond[key], uncond[key]]) for key in cond}
         device, levels = cond["ids"].device, self.stages - 1
-        frames = []  # finished frames, each (B, C, 1, H, W)
-        for f in tqdm(range(T), desc="frames", disable=not progress):
+        frames = [] if first is None else list(first.float().split(1, dim=2))  # finished frames, each (B, C, 1, H, W)
+        for _ in tqdm(range(len(frames), T), desc="frames", disable=not progress):
+            # RoPE: the DiT puts history frame j at time j and the new frame at len(past). Without a window, a
+            # video longer than training takes t past the trained range: angles no training step produced, and
+            # offsets to the oldest frames and to the caption (unrotated, as if at t = 0) that it never saw; only
+            # offsets between nearby frames stay familiar. With the window the oldest frames are dropped and the
+            # rest renumbered from 0, so every position and offset is a trained one. The cost: the memory of the
+            # dropped frames, and the window's oldest frame is no longer the video's first (the causal VAE's
+            # latent of one pixel frame), which training always put there.
+            past = frames[-window:] if window else frames
             x = torch.randn((B, C, 1, H >> levels, W >> levels), generator=generator, device=device)  # stage 0 start
             for k in range(self.stages):
                 if k > 0:
                     x = self.renoise(x, k, generator)
-                history = [down(frames[j], levels - s) for j, s in enumerate(history_stages(f, k))]
+                history = [down(past[j], levels - s) for j, s in enumerate(history_stages(len(past), k))]
                 x = self.euler(model, x, k, cond, history, steps, cfg, cfg_rescale)
             frames.append(x)
         return torch.cat(frames, dim=2)  # (B, C, T, H, W)

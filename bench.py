@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.flop_counter import FlopCounterMode
 
 import sample
 import train
@@ -131,11 +132,26 @@ def run_quality(args):
     print(f"judge: {info['path']} (trained in {info['train_s']} s): MNIST digits 8000-9999 "
           f"val accuracy {info['val_acc']:.4f} clean, {info['val_acc_degraded']:.4f} degraded")
     generate_fn = reconstruct_fn = None
-    if args.ckpt:
-        flags = [f for name in ("steps", "cfg", "cfg_rescale", "shift", "solver", "sampler", "dtype")
+    made = []  # the generated videos, for --tail's rows
+    if args.ckpt:  # load_generator's, with --i2v's images
+        flags = [f for name in ("steps", "cfg", "cfg_rescale", "shift", "solver", "sampler", "dtype", "length")
                  if getattr(args, name) is not None for f in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
-        generate_fn, reconstruct_fn = load_generator(args.ckpt, *flags)
+        sample_fn, reconstruct_fn = load_generator(args.ckpt, *[f.replace("--length", "--frames") for f in flags])
+
+        def generate(prompts, seed):
+            # --i2v: each prompt's first frame from a validation video that no other row of the table uses
+            images = real_videos(prompts, 1, skip=2 * args.n + seed - args.seed) if args.i2v else None
+            made.append(sample_fn(prompts, seed, images=images).float().cpu())
+            return made[-1]
+        generate_fn = generate
     rows = quality(generate_fn, args.n, args.frames, args.seed, model, reconstruct_fn)
+    if args.tail and made:  # a longer video's last frames against its first, trained-length ones (#22)
+        videos, prompts = torch.cat(made), PROMPTS * args.n
+        head = sample.load_checkpoint(args.ckpt, "dit")["config"]["data"]["frames"]
+        for name, clip in ((f"generated, frames 1-{head}", videos[:, :, :head]),
+                           (f"generated, last {args.tail}", videos[:, :, -args.tail:])):
+            reference = read_videos(model, real_videos(prompts, clip.shape[2]))["features"]
+            rows[name] = judge(clip, prompts, model, reference)
     print_quality(rows, info)
     report = dict(command=args.command_line, date=datetime.date.today().isoformat(),
                   machine=machine(), judge={k: v for k, v in info.items() if k != "path"},
@@ -295,7 +311,7 @@ def diffusers_steps(cfg, x, model, x0, t, device):
 def run_speed(args):
     begin = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg, _ = train.parse_args(["--config", args.config])
+    cfg, _ = train.parse_args(["--config", args.config, *args.overrides])
     torch.manual_seed(0)
     report = dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(),
                   device=str(device), config=args.config, reps=args.reps)
@@ -348,6 +364,10 @@ def run_speed(args):
     (C, T, H, W), p, pt, L = x0.shape[1:], model.patch, model.patch_t, d.text_len
     n_video = T // pt * (H // p) * (W // p)
     flops = 3 * b * dit_flops(d.dim, d.depth, d.text_depth, L, n_video, C * pt * p * p)
+    if d.arch != "cogvideox":  # no hand count of HunyuanVideo's blocks: torch's, which matches dit_flops (tests)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x0, t, ids, mask)
+        flops = 3 * counter.get_total_flops()
     report["dit"] = dict(params=params(model), batch=b, latent=[C, T, H, W], tokens=L + n_video,
                          gflop_per_step=flops / 1e9)
     rows = report["dit_train"] = {}
@@ -394,6 +414,10 @@ def run_speed(args):
         report["diffusers"] = None
         print("\ndiffusers is not installed: the comparison with its CogVideoX modules was skipped")
     else:
+        if cfg.dit.arch != "cogvideox" or cfg.vae.bottleneck != "kl":  # its CogVideoX modules match only ours
+            report["diffusers"] = None
+            print("\nthe comparison with diffusers' CogVideoX modules needs dit.arch cogvideox and vae.bottleneck kl")
+            return write_report(report, os.path.join(args.out, "speed.json"), begin)
         rows = report["diffusers"] = {}
         for name, (module, loss_fn) in diffusers_steps(cfg, x, model, x0, t, device).items():
             ours, mine = (vae, report["vae_train"]) if name == "VAE" else (model, report["dit_train"])
@@ -590,6 +614,11 @@ def main(argv=None):
     q.add_argument("--solver", choices=["euler", "heun"], default=None, help="flow: ODE solver")
     q.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="ddpm: DDIM or ancestral")
     q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: the checkpoint's")
+    q.add_argument("--i2v", action="store_true",
+                   help="image-to-video: each prompt starts from the first frame of a validation video")
+    q.add_argument("--length", type=int, default=None, help="frames to generate (sample.py's --frames)")
+    q.add_argument("--tail", type=int, default=0,
+                   help="also judge the first trained-length frames and the last TAIL frames apart (with --length)")
     q.add_argument("--out", default="runs/bench", help="where judge.pt and quality.json go")
     q.add_argument("--retrain", action="store_true", help="retrain the judge even if judge.pt is cached")
     q.set_defaults(run=run_quality)
@@ -602,6 +631,7 @@ def main(argv=None):
     s.add_argument("--frames", dest="vae_frames", type=int, nargs="+", default=[17, 65], help="VAE inference lengths")
     s.add_argument("--chunk", type=int, default=2, help="latent frames per chunk in chunked VAE inference")
     s.add_argument("--matmul", type=int, default=0, help="n of the n x n x n matmul (default: 8192 CUDA, 2048 CPU)")
+    s.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --dit.arch=hunyuan")
     s.set_defaults(run=run_speed)
     for command in ("compare", "objectives"):  # objectives: compare's default variants, under their old name
         o = sub.add_parser(command, help="variants (default: ddpm, flow, pyramid) trained for the same wall time, "

@@ -4,12 +4,19 @@
     python sample.py --ckpt runs/tiny/dit.pt --prompt "digit 7 is moving left and right" --n 4 --steps 50 --cfg 8
     python sample.py --ckpt runs/tiny/dit.pt --prompts prompts.txt     # one prompt a line, batched
     python sample.py --ckpt runs/tiny/dit.pt --export data/pretrained/tiny.pt   # slim bf16 weights to share
+    python sample.py --ckpt runs/i2v/dit.pt --prompt "digit 7 is moving left and right" --image first.png
+    python sample.py --ckpt runs/pyramid/dit.pt --prompt "digit 3 is moving up and down" --frames 33
 
 For each prompt p and sample i it writes `<out>/<slug>_<i>.gif` and `<slug>_<i>.txt`
 (the exact prompt: the video-folder format data/video_folder.py reads), and one
 `contact_sheet.png` with a row per prompt. Everything else (objective, latent
 size, VAE, tokenizer, default guidance and time shift) comes from the checkpoint;
 the EMA weights are used. The same seed gives the same videos.
+
+--image starts every video from a picture of the trained size (png, jpg, or a gif's first frame): any
+pyramid checkpoint takes it as the first frame of its history (05); a flow or ddpm one must have been
+trained with dit.i2v (CogVideoX-I2V's image input, 02 and 03). --frames beyond the trained length continues
+the video autoregressively with the same checkpoints (sample_latents says how).
 """
 import argparse
 import importlib
@@ -19,6 +26,7 @@ import sys
 from collections import Counter
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -95,12 +103,14 @@ def load_checkpoint(path, kind):
 
 
 # ----------------------------------------------------------------------------- models from a config dict
-# The config dicts are train.Config as saved in checkpoints; .get() defaults keep older checkpoints loading.
+# The config dicts are data/config.py's Config as saved in checkpoints; .get() defaults keep older checkpoints loading.
 def build_vae(config):
     v = config["vae"]
     return vae_lib.CausalVAE(in_channels=config["data"]["channels"], channels=v["channels"], patch=v["patch"],
                              latent_channels=v["latent_channels"], time_compression=v["time_compression"],
-                             layers_per_block=v["layers_per_block"])
+                             layers_per_block=v["layers_per_block"], time_compress_at=v.get("time_compress_at", "last"),
+                             norm=v.get("norm", "frame"), bottleneck=v.get("bottleneck", "kl"),
+                             fsq_levels=v.get("fsq_levels", [5]))
 
 
 def load_vae(ckpt, device):
@@ -113,7 +123,9 @@ def build_dit(d, vocab_size, latent_channels):
     return dit_lib.DiT(in_channels=latent_channels, dim=d["dim"], depth=d["depth"], heads=d["heads"],
                        vocab_size=vocab_size, max_text_len=d["text_len"], text_depth=d["text_depth"],
                        patch=d["patch"], patch_t=d["patch_t"], attention=d["attention"],
-                       checkpointing=d["checkpointing"])
+                       checkpointing=d["checkpointing"], image_channels=latent_channels if d.get("i2v") else 0,
+                       **(dict(arch="hunyuan", double_depth=None if d["double_depth"] < 0 else d["double_depth"])
+                          if d.get("arch") == "hunyuan" else {}))
 
 
 def build_objective(d):
@@ -128,19 +140,78 @@ def build_objective(d):
                                shift=d.get("pyramid_shift", d["flow_shift"]))  # older runs shared flow_shift
 
 
+def check_request(model, objective, vae, latent_shape, frames=None, image=False):
+    """A ValueError in the user's words unless this model can make `frames` pixel frames (None: the trained
+    length), starting from a given first frame if `image`."""
+    tc, T = vae.time_compression, latent_shape[1]
+    trained = 1 + tc * (T - 1)
+    if frames is not None and (frames < 1 or (frames - 1) % tc):
+        raise ValueError(f"--frames must be 1 + {tc}k for this checkpoint's VAE (it was trained on {trained}; "
+                         f"{1 + 2 * tc * (T - 1)} is twice as long), got {frames}")
+    longer = frames is not None and frames > trained
+    if (image or longer) and not isinstance(objective, pyramid.PyramidFlow) and not getattr(model, "image_channels", 0):
+        asked = "an --image" if image else f"--frames {frames} (more than its {trained})"
+        raise ValueError(f"this checkpoint was trained without dit.i2v, so it cannot take {asked}; "
+                         "train with --dit.i2v=true or use a pyramid checkpoint")
+
+
+def sample_latents(model, objective, shape, trained, cond, uncond=None, first=None, **sampling):
+    """Latents of `shape` (B, C, L, h, w) from a model trained on `trained` latent frames, for any length L.
+    first: the given first latent frame (B, C, 1, h, w) to start from, or None. sampling: the objective's
+    sample() options (steps, cfg, cfg_rescale, generator, progress)."""
+    if isinstance(objective, pyramid.PyramidFlow):
+        # frame by frame; the image is the first history frame, and the window keeps the history as long as
+        # training's longest (05 says what that does to RoPE)
+        return objective.sample(model, shape, cond, uncond, first=first, window=max(trained - 1, 1), **sampling)
+    # A full-sequence model (flow, ddpm) makes windows of the trained length, so every RoPE position is one
+    # training saw. Each window after the first is given the last latent frame of the one before as its image
+    # (dit.i2v) and overlaps it by that frame, which is not repeated in the output. Only that one frame carries
+    # over, not the motion: each window infers speed and direction anew, so a digit may turn at a seam. And
+    # that frame stands for tc pixel frames, where training's image was always the causal VAE's first latent,
+    # of one: a mismatch that the noise augmentation of image_condition (03) helps the model to tolerate.
+    B, C, L, h, w = shape
+    parts, made, last = [], 0, first
+    while made < L:
+        image = {} if last is None else dict(image=last)
+        z = objective.sample(model, (B, C, trained, h, w), {**cond, **image},
+                             None if uncond is None else {**uncond, **image}, **sampling)
+        if last is not None:
+            # The model was trained to reproduce its image as frame 0 (through the augmentation noise), so its
+            # own frame 0 is that image plus the model's error: put the exact latent back, and the first
+            # output frame is the image up to the VAE's reconstruction error.
+            z[:, :, :1] = last
+        parts.append(z if not parts else z[:, :, 1:])
+        made += parts[-1].shape[2]
+        last = z[:, :, -1:]
+    return torch.cat(parts, dim=2)[:, :, :L]  # (B, C, L, h, w)
+
+
 @torch.no_grad()
 def generate(model, objective, vae, tokenizer, prompts, latent_shape, text_len, steps, cfg_scale, seed,
-             device, dtype, cfg_rescale=0.0, progress=False):
-    """Videos [N, C, T, H, W] in [-1, 1] for N prompts; the same seed gives the same videos."""
+             device, dtype, cfg_rescale=0.0, progress=False, *, images=None, frames=None):
+    """Videos [N, C, T, H, W] in [-1, 1] for N prompts; the same seed gives the same videos.
+
+    images: first frames (N, C, 1, H, W) in [-1, 1] to start from (image-to-video), or None. frames: pixel
+    frames to make, 1 + tc k for the VAE's time compression tc (None: the trained length); longer videos are
+    continued autoregressively (sample_latents)."""
+    check_request(model, objective, vae, latent_shape, frames, images is not None)
+    C, T, h, w = latent_shape
+    length = T if frames is None else 1 + (frames - 1) // vae.time_compression  # latent frames
+    size = (vae.in_channels, 1, h * vae.space_compression, w * vae.space_compression)
+    if images is not None and tuple(images.shape) != (len(prompts), *size):
+        raise ValueError(f"images must be first frames {(len(prompts), *size)} in [-1, 1], got {tuple(images.shape)}")
     ids, mask = tokenizer.encode(prompts, text_len)
     ids, mask = ids.to(device), mask.to(device)
     null_ids, null_mask = diffusion.null_caption(len(prompts), text_len, device)
     generator = torch.Generator(device).manual_seed(seed)
     with autocast(device, dtype):
-        z = objective.sample(model, (len(prompts), *latent_shape), dict(ids=ids, mask=mask),
-                             uncond=dict(ids=null_ids, mask=null_mask), steps=steps, cfg=cfg_scale,
-                             cfg_rescale=cfg_rescale, generator=generator, progress=progress)
-        videos = vae.decode(z.float() / vae.scaling_factor)
+        # a 1-frame video: the causal VAE gives frame 0 a latent of its own, as in the training videos
+        first = None if images is None else vae.encode(images.to(device)).mode().float() * vae.scaling_factor
+        z = sample_latents(model, objective, (len(prompts), C, length, h, w), T, dict(ids=ids, mask=mask),
+                           dict(ids=null_ids, mask=null_mask), first, steps=steps, cfg=cfg_scale,
+                           cfg_rescale=cfg_rescale, generator=generator, progress=progress)
+        # longer than trained: decode in pieces of the trained length, which the causal VAE streams exactly
+        videos = vae.decode(z.float() / vae.scaling_factor, chunk=T if length > T else None)
     return videos.float().clamp(-1, 1)
 
 
@@ -208,6 +279,12 @@ def parser():
                    help="flow objective: sampling time shift (default: dit.sample_shift, else dit.flow_shift)")
     p.add_argument("--solver", choices=["euler", "heun"], default=None, help="flow objective: ODE solver")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="ddpm objective: DDIM or ancestral DDPM")
+    p.add_argument("--image", metavar="PATH",
+                   help="start every video from this first frame (png, jpg, or a gif's first): a pyramid "
+                        "checkpoint, or a flow/ddpm one trained with dit.i2v")
+    p.add_argument("--frames", type=int, default=None,
+                   help="pixel frames per video, 1 + (VAE time compression) k; longer than trained continues "
+                        "autoregressively (pyramid, or flow/ddpm with dit.i2v). Default: the trained length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples")
     p.add_argument("--batch", type=int, default=64, help="videos generated at once")
@@ -239,12 +316,50 @@ def read_prompts(args):
         fail(f"--cfg-rescale must be in [0, 1], got {args.cfg_rescale}")
     if args.shift is not None and args.shift <= 0:
         fail(f"--shift must be > 0, got {args.shift}")
+    if args.frames is not None and args.frames < 1:
+        fail(f"--frames must be at least 1, got {args.frames}")
+    if args.image is not None:
+        open_image(args.image)  # missing or unreadable: say so now; its size and mode need the checkpoint
     return prompts
 
 
+def open_image(path):
+    """The picture in a png or jpg file, or a gif's first frame (PIL), or a one-line error naming the file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no --image file at {path}")
+    try:
+        with Image.open(path) as image:
+            image.seek(0)  # an animation's first frame
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's "cannot identify" is an OSError
+        raise SystemExit(f"error: cannot read --image {path} as a png, jpg or gif: {e}") from None
+
+
+def image_frames(path, channels, height, width):
+    """--image as the first frame (1, channels, 1, height, width) in [-1, 1] that the checkpoint's VAE takes:
+    gray (mode L) for 1 channel, RGB for 3, at the trained size; otherwise a one-line error naming the file."""
+    if channels not in (1, 3):
+        raise SystemExit(f"error: this checkpoint's VAE takes {channels} channels, which no image file has")
+    image = open_image(path)
+    expected = f"a {height}x{width} (height x width) {'gray (mode L)' if channels == 1 else 'RGB'} image"
+    if image.size != (width, height):
+        raise SystemExit(f"error: --image {path} is {image.height}x{image.width}; this checkpoint makes "
+                         f"{height}x{width} frames, so give {expected}")
+    rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    if channels == 1 and not (rgb == rgb[..., :1]).all():
+        raise SystemExit(f"error: --image {path} is in colour ({image.mode}), but this checkpoint's VAE takes "
+                         f"1 channel: give {expected}")
+    pixels = torch.from_numpy(np.array(image.convert("L" if channels == 1 else "RGB"))).float()
+    pixels = pixels.view(height, width, channels).permute(2, 0, 1) / 127.5 - 1  # (C, H, W) in [-1, 1]
+    return pixels[None, :, None]  # (1, C, 1, H, W)
+
+
 def sampler(args):
-    """generate_fn(prompts, seed) -> videos, the VAE and the config, for parsed sample.py arguments: every
-    setting from the flags, else from the checkpoint. bench.py quality scores what this returns."""
+    """generate_fn(prompts, seed, progress=False, images=None) -> videos, the VAE and the config, for parsed
+    sample.py arguments: every setting from the flags, else from the checkpoint. images: first frames
+    (len(prompts), C, 1, H, W) in [-1, 1] (default: --image's for every prompt, else none); the videos have
+    --frames frames. bench.py quality scores what this returns."""
     device = pick_device(args.device)
     model, objective, vae, tokenizer, config, latent_shape = load(
         args.ckpt, device, sample_shift=args.shift, flow_solver=args.solver, ddpm_sampler=args.sampler)
@@ -253,11 +368,19 @@ def sampler(args):
     check_dtype(device, dtype)
     cfg = d.get("sample_cfg", 8.0) if args.cfg is None else args.cfg
     rescale = d.get("sample_cfg_rescale", 0.0) if args.cfg_rescale is None else args.cfg_rescale
+    try:  # what needs the checkpoint, before any generation
+        check_request(model, objective, vae, latent_shape, args.frames, args.image is not None)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    size = [n * vae.space_compression for n in latent_shape[2:]]
+    image = None if args.image is None else image_frames(args.image, vae.in_channels, *size)  # (1, C, 1, H, W)
 
-    def generate_fn(prompts, seed, progress=False):
+    def generate_fn(prompts, seed, progress=False, images=None):
         tokenizer.encode(prompts, d["text_len"])  # fail (or warn about unseen words) before any work
+        if images is None and image is not None:
+            images = image.expand(len(prompts), -1, -1, -1, -1)
         return generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], args.steps, cfg,
-                        seed, device, dtype, rescale, progress)
+                        seed, device, dtype, rescale, progress, images=images, frames=args.frames)
     return generate_fn, vae, config
 
 
