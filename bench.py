@@ -25,6 +25,8 @@ counts, and diffusers' CogVideoX modules at matched sizes when installed -> runs
 compare (objectives: its default variants): variants of a recipe, each the run's train.py flags plus its own,
 trained for the same wall time (step counts from a timing probe) on a finished run's cached latents, or each
 on its own VAE trained first (--vae-minutes), then scored by quality() -> runs/bench/<command>.json.
+context: encode + decode of one long video in one process or split in time over torchrun's ranks (01's
+ContextParallel), each rank's peak memory and time -> runs/bench/context_<ranks>.json.
 """
 import contextlib
 import dataclasses
@@ -45,50 +47,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sample
 import train
-from data.judge import PROMPTS, judge, load_judge, read_videos, real_videos
-from data.moving_mnist import AXES
+from data.judge import PROMPTS, judge, load_judge, print_quality, quality, read_videos, real_videos
 
 vae_lib = sample.vae_lib
 
 # ----------------------------------------------------------------------------- quality
-def quality(generate_fn=None, n_per_prompt=8, frames=17, seed=0, model=None, reconstruct_fn=None, log=print):
-    """The rows of the quality table, each a judge() dict: 'real', then 'vae' and 'generated' when given.
-
-    generate_fn(prompts, seed) -> videos (len(prompts), 1, T, 64, 64) in [-1, 1]: called
-    n_per_prompt times with the 20 prompts and seeds seed, seed + 1, ...; its T sets frames.
-    reconstruct_fn(videos) -> videos: the VAE's encode + decode, scored on the real videos.
-    Every row is compared (FD) with the same reference: real videos for the same prompts,
-    disjoint from the real videos scored in the 'real' row.
-    """
-    if n_per_prompt < 1:
-        raise ValueError(f"n_per_prompt must be at least 1, got {n_per_prompt}")
-    if model is None:
-        model, _ = load_judge(log=log)
-    prompts = PROMPTS * n_per_prompt
-    generated = None
-    if generate_fn is not None:
-        # ---- the generator: sample k of every prompt comes from seed + k
-        start = time.perf_counter()
-        generated = torch.cat([generate_fn(PROMPTS, seed + k).float().cpu() for k in range(n_per_prompt)])
-        generate_s = round(time.perf_counter() - start, 2)
-        if generated.shape[0] != len(prompts):
-            raise ValueError(f"generate_fn gave {generated.shape[0]} videos for {len(prompts)} prompts")
-        frames = generated.shape[2]
-        if log:
-            log(f"generated {len(generated)} videos in {generate_s:.1f} s")
-    if frames < 2:
-        raise ValueError(f"the axis needs a trajectory: frames must be at least 2, got {frames}")
-    reference = read_videos(model, real_videos(prompts, frames))["features"]
-    real = real_videos(prompts, frames, skip=n_per_prompt)
-    rows = {"real": judge(real, prompts, model, reference)}
-    if reconstruct_fn is not None:
-        # ---- the VAE's ceiling: nothing decoded by this VAE can score above this row
-        rows["vae"] = judge(reconstruct_fn(real).float().cpu().clamp(-1, 1), prompts, model, reference)
-    if generated is not None:
-        rows["generated"] = dict(judge(generated, prompts, model, reference), generate_s=generate_s)
-    return rows
-
-
 def load_generator(ckpt, *sample_flags):
     """generate_fn(prompts, seed) -> videos (N, 1, T, 64, 64), and reconstruct_fn(videos) -> videos, from a checkpoint.
 
@@ -104,26 +67,6 @@ def load_generator(ckpt, *sample_flags):
             return torch.cat([vae.decode(vae.encode(v.to(device)).mode()).float().cpu() for v in videos.split(32)])
 
     return generate_fn, reconstruct_fn
-
-
-QUALITY_NAMES = {"real": "real val (judge ceiling)", "vae": "VAE recon of real val", "generated": "generated"}
-
-
-def print_quality(rows, info):
-    any_row = next(iter(rows.values()))
-    print(f"\nquality over {len(set(any_row['per_prompt']))} prompts x {any_row['n'] // len(any_row['per_prompt'])} "
-          f"samples, {any_row['frames']} frames (judge: MNIST val acc {info['val_acc']:.4f} clean, "
-          f"{info['val_acc_degraded']:.4f} degraded)")
-    print(f"{'set':<26}{'digit':>7}{'axis':>7}{'both':>7}{'consist':>9}{'visible':>9}{'FD':>8}")
-    for key, r in rows.items():
-        print(f"{QUALITY_NAMES.get(key, key):<26}{r['digit']:>7.3f}{r['axis']:>7.3f}{r['both']:>7.3f}"
-              f"{r['consistency']:>9.3f}{r['visible']:>9.3f}{r['fd']:>8.2f}")
-    key, last = list(rows.items())[-1]
-    print(f"\nboth-correct per prompt ({QUALITY_NAMES.get(key, key)}):")
-    print(" " * 16 + "".join(f"{d:>6}" for d in range(10)))
-    for name in AXES:
-        cells = [last["per_prompt"].get(f"digit {d} is moving {name}") for d in range(10)]
-        print(f"{name:<16}" + "".join(f"{c:>6.2f}" if c is not None else f"{'-':>6}" for c in cells))
 
 
 def run_quality(args):

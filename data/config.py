@@ -142,6 +142,9 @@ CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", 
 RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
           "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
 
+# keys that older runs wrote into config.yaml: their value that today's code follows, and why any other is refused
+RETIRED = {"dit.optimizer": ("adamw", "Muon left train.py (docs/experiments.md); AdamW is the only optimizer")}
+
 
 def coerce(key, value, kind):
     """value as type `kind`, or a ValueError that names the key."""
@@ -171,6 +174,10 @@ def merge(cfg, updates, source, prefix=""):
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for name, value in updates.items():
         key = prefix + name
+        if key in RETIRED and value == RETIRED[key][0]:  # an older run's config.yaml: what the code does anyway
+            continue
+        if key in RETIRED:
+            raise ValueError(f"config key '{key}' in {source}: {RETIRED[key][1]}")
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"

@@ -307,3 +307,32 @@ def test_compare_trains_each_variant_its_own_vae_and_reports_the_vae_columns(val
     assert latents.shape[1] == 8  # the DiT trained on the variant's own VAE
     with pytest.raises(SystemExit, match="NAME=FLAGS"):
         bench.main(["compare", "--run", str(tmp_path), "--variant", "nameless"])
+
+
+def test_context_reports_memory_and_refuses_a_bad_length(tmp_path, capsys):
+    import json
+    (tmp_path / "toy.yaml").write_text(TOY)
+    bench.main(["context", "--config", str(tmp_path / "toy.yaml"), "--frames", "9", "--reps", "1",
+                "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "context_1.json").read_text())
+    assert report["world"] == 1 and report["max_gap"] == 0 and report["rows"]["rank 0"]["frames"] == 9
+    assert report["rows"]["rank 0"]["peak_MiB"] > 0
+    with pytest.raises(SystemExit, match=r"^error: --frames 8.*takes 1 \+ 2k frames"):
+        bench.main(["context", "--config", str(tmp_path / "toy.yaml"), "--frames", "8", "--out", str(tmp_path)])
+
+
+@pytest.mark.filterwarnings("ignore:prompt")
+def test_quality_scores_image_to_video_and_the_tail_of_longer_videos(val, images, tmp_path, monkeypatch):
+    import json
+
+    import train
+    (tmp_path / "toy.yaml").write_text(TOY)
+    run = tmp_path / "run"
+    train.main(["--config", str(tmp_path / "toy.yaml"), f"--out_dir={run}", "--dit.i2v=true"])
+    info = dict(train_s=0.0, steps=0, seed=0, val_acc=1.0, val_acc_degraded=1.0)
+    monkeypatch.setattr(bench, "load_judge", lambda path, retrain=False: (Templates(val, images), dict(info, path=path)))
+    bench.main(["quality", "--ckpt", str(run / "dit.pt"), "--n", "1", "--steps", "2", "--i2v", "--length", "9",
+                "--tail", "4", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "quality.json").read_text())["rows"]
+    assert rows["generated"]["frames"] == 9 and rows["generated"]["n"] == 20
+    assert rows["generated, frames 1-5"]["frames"] == 5 and rows["generated, last 4"]["frames"] == 4

@@ -292,6 +292,10 @@ def test_device_auto_and_bf16_warning(monkeypatch, capsys):
     (["--stage", "dit", "--dit.vae_ckpt=nowhere.pt"], "needs a trained VAE and found none at nowhere.pt"),
     (["--config", "missing.yaml"], "cannot read config file missing.yaml"),
     (["--dit.objective=pyramid", "--dit.pyramid_stages=3"], "latent must be divisible by 8"),
+    (["--dit.objective=pyramid", "--dit.i2v=true"], "dit.i2v is for the flow and ddpm objectives"),
+    (["--dit.arch=hunyuan", "--dit.attention=factorized"], "it needs arch='cogvideox'"),
+    (["--vae.bottleneck=fsq", "--vae.fsq_levels=[5, 5]"], "fsq_levels takes one number of levels"),
+    (["--vae.norm=batch"], "'vae.norm' must be one of"),
 ])
 def test_user_errors_are_one_line_before_any_work(flags, message, tmp_path):
     with pytest.raises(SystemExit) as stop:
@@ -389,3 +393,12 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         train.save_checkpoint(path, {"kind": "dit", "step": 2})
     monkeypatch.undo()
     assert train.load_checkpoint(path, "dit")["step"] == 1 and not os.path.exists(path + ".tmp")
+
+
+def test_an_older_runs_config_still_parses(tmp_path):
+    old = tmp_path / "config.yaml"
+    old.write_text("dit:\n  optimizer: adamw\n  steps: 3\n")  # what runs wrote while train.py also offered Muon
+    cfg, _ = train.parse_args(["--config", str(old)])
+    assert cfg.dit.steps == 3
+    with pytest.raises(SystemExit, match="Muon left train.py"):
+        train.parse_args(["--config", str(old), "--dit.optimizer=muon"])
