@@ -256,8 +256,9 @@ def test_factorized_blocks_alternate_with_the_same_parameters():
     assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in factorized.parameters())
 
 
-def test_checkpointing_gives_the_same_output_and_gradients():
-    plain, ckpt = make().train(), make(checkpointing=True).train()
+@pytest.mark.parametrize("arch", ["cogvideox", "hunyuan"])
+def test_checkpointing_gives_the_same_output_and_gradients(arch):
+    plain, ckpt = make(arch=arch).train(), make(checkpointing=True, arch=arch).train()
     x, t, ids_mask = torch.randn(2, C, 2, 4, 4), torch.tensor([5.0, 50.0]), caption([2, 4])
     outs = []
     for model in (plain, ckpt):
@@ -269,8 +270,9 @@ def test_checkpointing_gives_the_same_output_and_gradients():
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
-def test_bf16_autocast_matches_fp32():
-    model = make()
+@pytest.mark.parametrize("arch", ["cogvideox", "hunyuan"])
+def test_bf16_autocast_matches_fp32(arch):
+    model = make(arch=arch)
     x, t, ids_mask = torch.randn(2, C, 2, 4, 4), torch.tensor([5.0, 50.0]), caption([2, 4])
     history = [torch.randn(2, C, 1, 2, 2)]
     with torch.autocast("cpu", dtype=torch.bfloat16):

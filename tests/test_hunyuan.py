@@ -203,29 +203,6 @@ def test_parameter_count_matches_cogvideox_at_equal_dim_and_depth():
     assert abs(count(arch="hunyuan", depth=5, double_depth=2) / cogvideox - 1) < 0.01
 
 
-def test_checkpointing_gives_the_same_output_and_gradients():
-    plain, ckpt = make().train(), make(checkpointing=True).train()
-    x, t, ids_mask = torch.randn(2, C, 2, 4, 4), torch.tensor([5.0, 50.0]), caption([2, 4])
-    outs = []
-    for model in (plain, ckpt):
-        out = model(x, t, *ids_mask, causal=True)
-        out.square().mean().backward()
-        outs.append(out)
-    assert torch.allclose(outs[0], outs[1], atol=1e-6)
-    for a, b in zip(plain.parameters(), ckpt.parameters()):
-        assert torch.allclose(a.grad, b.grad, atol=1e-6)
-
-
-def test_bf16_autocast_matches_fp32():
-    model = make()
-    x, t, ids_mask = torch.randn(2, C, 2, 4, 4), torch.tensor([5.0, 50.0]), caption([2, 4])
-    history = [torch.randn(2, C, 1, 2, 2)]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model(x, t, *ids_mask, history=history)
-    high = model(x, t, *ids_mask, history=history)
-    assert low.shape == high.shape and (low.float() - high).abs().max() < 0.05 * high.abs().max()
-
-
 @pytest.mark.parametrize("objective", ["ddpm", "flow", "pyramid"])
 def test_every_objective_trains_it(objective):
     module, name = {"ddpm": ("03_diffusion", "GaussianDiffusion"), "flow": ("04_flow", "RectifiedFlow"),
