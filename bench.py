@@ -23,7 +23,7 @@ speed: a training step of the config's VAE and DiT (fp32, bf16 autocast) against
 same run, VAE inference in one pass and in chunks, each objective's step and sampling time, pyramid token
 counts, and diffusers' CogVideoX modules at matched sizes when installed -> runs/bench/speed.json.
 compare (objectives: its default variants): variants of a recipe, each the run's train.py flags plus its own,
-trained for the same wall time (step counts from a timing probe) on a finished run's cached latents, or each
+trained for the same wall time (train.py's --budget_minutes) on a finished run's cached latents, or each
 on its own VAE trained first (--vae-minutes), then scored by quality() -> runs/bench/<command>.json.
 context: encode + decode of one long video in one process or split in time over torchrun's ranks (01's
 ContextParallel), each rank's peak memory and time -> runs/bench/context_<ranks>.json.
@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sample
 import train
+from data import schedule
 from data.judge import PROMPTS, judge, load_judge, print_quality, quality, read_videos, real_videos
 
 vae_lib = sample.vae_lib
@@ -417,6 +418,13 @@ def run_compare(args):
         config = os.path.join(run, "config.yaml")  # the run's resolved config: the latent cache's key will match
     judge_model, info = load_judge(os.path.join(args.out, "judge.pt"))
     run_vae = train.fingerprint(sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae")["model"]) if run else None
+    if run:  # every latent shape a variant trains on (data/schedule.py), encoded once into the run first:
+        vae_ckpt = sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae")  # the minutes are then training
+        for flags in variants.values():
+            cfg, _ = train.parse_args(["--config", config, *flags, f"--out_dir={run}"])
+            vae = sample.load_vae(vae_ckpt, sample.pick_device(cfg.device))
+            for shape in schedule.shapes(schedule.resolve_phases(cfg), cfg, ranks=1):
+                train.cached_latents(cfg, vae, vae_ckpt, 0, 1, vae.scaling_factor.device, *shape)
     rows, judged = {}, {}
     for name, flags in variants.items():
         cfg, _ = train.parse_args(["--config", config, *flags])
@@ -430,34 +438,22 @@ def run_compare(args):
             print(f"{ckpt} exists: scoring it as it is (delete {out} to train it afresh)")
         else:
             os.makedirs(out, exist_ok=True)
-            vae = sample.build_vae(dataclasses.asdict(cfg)).to(device)
-            if args.vae_minutes:  # the VAE's step count from a probe of its training step, optimizer included
-                x = torch.rand(cfg.vae.batch_size, cfg.data.channels, cfg.vae.frames, cfg.data.size, cfg.data.size,
-                               device=device) * 2 - 1
-                opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr, fused=True)
-                step = backward_step(vae, lambda: F.mse_loss(vae(x)[0].float(), x), device, cfg.dtype, [opt])
-                vae_steps = max(1, round(60 * args.vae_minutes / seconds(step, device, args.probe, reduce=mean)))
-                print(f"{name}: {vae_steps} VAE steps for {args.vae_minutes} minutes")
-                stage = ["--stage", "all", f"--vae.steps={vae_steps}", f"--vae.ckpt_every={vae_steps}",
-                         f"--vae.sample_every={vae_steps}"]
+            # train.py's budget sizes the steps from a probe of its own training steps (data/schedule.py),
+            # phases and mixed batches included; eager, so no compile minutes; checkpoints and sample GIFs only
+            # at the end, so the logged step times are training alone
+            if args.vae_minutes:
+                budget = args.vae_minutes + args.minutes
+                stage = ["--stage", "all", f"--budget_vae={args.vae_minutes / budget}", "--vae.ckpt_every=1000000",
+                         "--vae.sample_every=1000000"]
             else:
-                for f in ("latents.pt", "tokenizer.json"):
-                    shutil.copy(os.path.join(run, f), out)
+                budget = args.minutes
+                for f in os.listdir(run):
+                    if f.startswith("latents") and f.endswith(".pt") or f == "tokenizer.json":
+                        shutil.copy(os.path.join(run, f), out)
                 stage = ["--stage", "dit", f"--dit.vae_ckpt={os.path.join(run, 'vae.pt')}"]
-            # the DiT's step count from a probe: its batch and precision on random latents, optimizer included
-            model, x0, _, ids, mask = dit_inputs(cfg, vae, cfg.dit.batch_size, device)
-            objective = sample.build_objective(dataclasses.asdict(cfg.dit))
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.dit.lr, fused=True)
-            step = backward_step(model, lambda: objective.loss(model, x0, dict(ids=ids, mask=mask)), device, cfg.dtype,
-                                 [opt])
-            step_s = seconds(step, device, args.probe, reduce=mean)
-            steps = max(1, round(60 * args.minutes / step_s))
-            print(f"{name}: {step_s:.3f} s per DiT step in the probe -> {steps} steps for {args.minutes} minutes")
-            del model, step, vae
-            # checkpoint and sample GIFs only at the end, so the logged step times are training alone; eager, as
-            # the probe timed it: no compile minutes in the budget
-            train.main(["--config", config, *flags, *stage, f"--dit.steps={steps}", f"--out_dir={out}",
-                        f"--dit.ckpt_every={steps}", f"--dit.sample_every={steps}", "--dit.compile=false"])
+            # the variant's flags last: one may move the VAE / DiT split, e.g. --budget_vae=0.2
+            train.main(["--config", config, *stage, f"--budget_minutes={budget}", f"--out_dir={out}",
+                        "--dit.ckpt_every=1000000", "--dit.sample_every=1000000", "--dit.compile=false", *flags])
         with open(os.path.join(out, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
         row = {}
@@ -484,10 +480,6 @@ def run_compare(args):
                       minutes=args.minutes, vae_minutes=args.vae_minutes, variants=variants, n_per_prompt=args.n,
                       judge={k: v for k, v in info.items() if k != "path"}, rows=rows, judged=judged),
                  os.path.join(args.out, f"{name_of}.json"), begin)
-
-
-def mean(times):
-    return sum(times) / len(times)  # a probe plans a run: the mean step, not the best
 
 
 # ----------------------------------------------------------------------------- context parallel
@@ -591,7 +583,6 @@ def main(argv=None):
                        help="train each variant's own VAE this long first (VAE designs), from --config")
         o.add_argument("--config", default="tiny.yaml", help="with --vae-minutes: the recipe the variants change")
         o.add_argument("--n", type=int, default=8, help="samples per prompt (20 prompts)")
-        o.add_argument("--probe", type=int, default=3, help="timed steps that set the step count")
         o.add_argument("--out", default="runs/bench", help=f"where judge.pt, {command}/ and {command}.json go")
         o.set_defaults(run=run_compare)
     c = sub.add_parser("context", help="one long video through the VAE on 1 rank, or split over torchrun's ranks")

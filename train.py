@@ -35,6 +35,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
 
 try:
@@ -50,6 +51,7 @@ from tqdm import tqdm
 from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
 from data.config import check_config, parse_args
+from data import schedule
 from data.loading import batches, check_folder, data_position, scan, video_dataset
 from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate,
                     load_checkpoint, load_vae, pick_device)
@@ -169,19 +171,22 @@ def lr_at(step, base, warmup, total, decay=1.0):
 
 # ----------------------------------------------------------------------------- one optimiser step
 def train_step(model, opt, scaler, loss_fn, micro_batches, device, dtype, clip):
-    """Gradient accumulation over micro-batches; DDP all-reduces only on the last one (no_sync)."""
+    """Gradient accumulation over micro-batches; DDP all-reduces only on the last one (no_sync). Each
+    micro-batch's mean loss weighs by its samples, so micro-batches of different shapes (data/schedule.py's
+    buckets) give the mean over every sample of the step."""
     opt.zero_grad(set_to_none=True)
+    sizes = [(m[0] if isinstance(m, (tuple, list)) else m).shape[0] for m in micro_batches]
     total, logs = 0.0, {}
     for i, micro in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
+        last, weight = i == len(micro_batches) - 1, sizes[i] / sum(sizes)
         sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
         with sync:
             with autocast(device, dtype):
                 loss, micro_logs = loss_fn(model, micro)
-            scaler.scale(loss / len(micro_batches)).backward()  # outside autocast, as the AMP docs ask
-        total += loss.item() / len(micro_batches)
+            scaler.scale(loss * weight).backward()  # outside autocast, as the AMP docs ask
+        total += loss.item() * weight
         for k, v in micro_logs.items():
-            logs[k] = logs.get(k, 0.0) + v / len(micro_batches)
+            logs[k] = logs.get(k, 0.0) + v * weight
     scaler.unscale_(opt)    # clip the true gradients, not the fp16-scaled ones
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     scaler.step(opt)        # skipped by the scaler if fp16 gradients overflowed
@@ -194,6 +199,22 @@ def ema_update(ema, model, decay):
     for e, p in zip(ema.parameters(), model.parameters()):
         p = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 holds a shard: gather the whole weight
         e.lerp_(p.detach().float(), 1 - decay)
+
+
+def probe(step_fn, stateful, device, n=3):
+    """Seconds per training step, the mean of n steps after one warm-up (which compiles, if anything does),
+    the same on every rank. The weights, optimizer moments and RNG are put back afterwards: the run then goes
+    on exactly as if it had not been timed."""
+    saved, rng = [copy.deepcopy(m.state_dict()) for m in stateful], rng_state()
+    step_fn()
+    begin = time.perf_counter()
+    for _ in range(n):
+        step_fn()
+    seconds = (time.perf_counter() - begin) / n
+    for m, state in zip(stateful, saved):
+        m.load_state_dict(state)
+    set_rng_state(rng)
+    return mean_over_ranks(seconds, device)
 
 
 # ----------------------------------------------------------------------------- logging
@@ -247,7 +268,8 @@ def check_finite(loss, step, path, logger):
 
 
 # ----------------------------------------------------------------------------- stage 1: VAE
-def train_vae(cfg, rank, world, device, resume):
+def train_vae(cfg, rank, world, device, resume, deadline=None):
+    """deadline (time.perf_counter()): a budgeted run's end of this stage; its steps are sized from a probe."""
     v = cfg.vae
     path = os.path.join(cfg.out_dir, "vae.pt")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -261,9 +283,11 @@ def train_vae(cfg, rank, world, device, resume):
     opt_d = torch.optim.AdamW(disc.parameters(), lr=v.lr, betas=(0.5, 0.9), fused=True) if disc is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
     scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
-    start = 0
+    start, total = 0, v.steps
     if resume and os.path.isfile(path):
         ckpt = load_checkpoint(path, "vae")
+        if deadline is not None:  # a budgeted run keeps the step count its probe chose
+            total = ckpt.get("planned_steps", total)
         vae.load_state_dict(ckpt["model"])
         criterion.load_state_dict(ckpt["criterion"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -279,23 +303,40 @@ def train_vae(cfg, rank, world, device, resume):
     disc_model = DDP(disc) if world > 1 and disc is not None else disc
 
     per_rank = v.batch_size // world
-    train_set = video_dataset(cfg, "train", v.frames, length=max(v.steps * v.batch_size, 1000))
-    data = batches(train_set, per_rank, rank, world, cfg.seed, start, cfg.data.workers)
-    logger = Logger(cfg, rank, "vae", start, v.steps)
-    logger.print(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, "
-                 f"{v.frames}-frame clips, batch {v.batch_size} on {world} rank(s)")
     last_layer = vae.last_layer
+
+    def image_steps(step):  # steps before `step` that trained on images: every 1/v.images-th, spread evenly
+        return math.floor(step * v.images)
+    logger = Logger(cfg, rank, "vae", start, total)
+    if deadline is not None and start == 0:  # the frame-count check and the probe run on one real batch
+        x = vae_samples(cfg, "train", v.frames, per_rank, device)
+        stateful = [vae, criterion, opt, scaler] + ([opt_d] if opt_d else [])
+        seconds = probe(lambda: train_step(model, opt, scaler, lambda m, b: criterion(b, *m(b), 0, last_layer),
+                                           [x], device, cfg.dtype, cfg.clip_grad), stateful, device)
+        [total] = schedule.budget_steps([total], [seconds], deadline, logger.print, "VAE")
+        logger.bar.total, logger.last = total, time.perf_counter()
+    train_set = video_dataset(cfg, "train", v.frames, length=max(total * v.batch_size, 1000))
+    data = batches(train_set, per_rank, rank, world, cfg.seed, start - image_steps(start), cfg.data.workers)
+    if v.images:  # Pyramid Flow trains its VAE on images and videos: an image step has the video step's pixels
+        image_set = video_dataset(cfg, "train", 1, length=max(total * v.batch_size * v.frames, 1000), images=True)
+        images = batches(image_set, per_rank * v.frames, rank, world, cfg.seed + 1, image_steps(start),
+                         cfg.data.workers)
+    logger.print(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, "
+                 f"{v.frames}-frame clips, batch {v.batch_size} on {world} rank(s)"
+                 + (f"; {v.images:.0%} of the steps on {v.batch_size * v.frames} images" if v.images else ""))
 
     def state(step):
         return dict(kind="vae", step=step, config=dataclasses.asdict(cfg), model=vae.state_dict(),
                     criterion=criterion.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                     optimizer_d=opt_d.state_dict() if opt_d else None, scaler_d=scaler_d.state_dict(),
-                    rng=all_rng_states(), data_position=data_position(step, len(train_set), v.batch_size))
+                    rng=all_rng_states(), data_position=data_position(step, len(train_set), v.batch_size),
+                    planned_steps=total)
 
-    for step in range(start, v.steps):
+    for step in range(start, total):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, v.lr, v.warmup, v.steps)
-        x = next(data)[0].to(device)  # (B, C, T, H, W)
+            group["lr"] = lr_at(step, v.lr, v.warmup, total)
+        image_step = image_steps(step + 1) > image_steps(step)
+        x = next(images if image_step else data)[0].to(device)  # (B, C, T, H, W); T = 1 on an image step
         recons = []
 
         def vae_loss(m, micro):
@@ -312,8 +353,8 @@ def train_vae(cfg, rank, world, device, resume):
                                               device, cfg.dtype, cfg.clip_grad)
         loss = mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
-        logger.step(step, loss, logs)
-        done, stop = step + 1 == v.steps, stop_requested(device)
+        logger.step(step, loss, logs | ({"image_step": int(image_step)} if v.images else {}))
+        done, stop = step + 1 == total, stop_requested(device)
         if (step + 1) % v.ckpt_every == 0 or done or stop:
             if done:  # the DiT sees latents * scaling_factor, of unit variance (Rombach et al. 2022)
                 x = vae_samples(cfg, "train", v.frames, 64, device)
@@ -375,34 +416,43 @@ def fingerprint(state_dict):
 
 
 @torch.no_grad()
-def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
+def cached_latents(cfg, vae, vae_ckpt, rank, world, device, kind="video", frames=None, size=None):
     """Encode the training videos once: (latents * scaling_factor, captions), from OUT/latents.pt if it matches.
 
     Each rank encodes every world-th video; rank 0 stitches the parts together.
     The posterior mean is cached (the KL weight is tiny, so its spread is negligible).
+    Another shape (kind "image", fewer frames, a lower size) is cached in OUT/latents_<kind><frames>_<size>.pt;
+    a lower size is rendered at data.size and downsampled (area average) before encoding.
     """
     d = cfg.dit
-    path = os.path.join(cfg.out_dir, "latents.pt")
+    frames, size = frames or cfg.data.frames, size or cfg.data.size
+    default = (kind, frames, size) == ("video", cfg.data.frames, cfg.data.size)
+    path = os.path.join(cfg.out_dir, "latents.pt" if default else f"latents_{kind}{frames}_{size}.pt")
     # a video folder's clips are part of the key: an edited clip or caption must not reuse stale latents
     folder = [] if cfg.data.dataset == "moving_mnist" else scan(cfg)[0]
     clips = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for pair in folder for f in pair]
     key = dict(vae=fingerprint(vae_ckpt["model"]), videos=d.videos, frames=cfg.data.frames, seed=cfg.seed,
                data=dataclasses.asdict(cfg.data) | {"workers": None}, clips=clips)
+    if not default:
+        key |= dict(shape=[kind, frames, size])
     if os.path.isfile(path):
         cache = torch.load(path, weights_only=True)
         if cache["key"] == key:
             return cache["latents"], cache["captions"]
     barrier()  # nobody may still be reading an old cache when rank 0 replaces it
-    ds = video_dataset(cfg, "train", cfg.data.frames, length=d.videos)
+    ds = video_dataset(cfg, "train", frames, length=d.videos, images=kind == "image")
     n = min(d.videos, len(ds))  # a video folder may hold fewer clips than dit.videos
     cp = cfg.vae.context_parallel  # with cp > 1, the cp ranks of a group encode one video together, in pieces
     group, g, groups = subgroups(cp, rank, world)
     mine = list(range(g, n, groups))
     parts = []
-    for i in tqdm(range(0, len(mine), 32), desc="encode latents", disable=rank != 0, dynamic_ncols=True):
+    desc = "encode latents" if default else f"encode {kind}s, {frames} frame(s) at {size}x{size}"
+    for i in tqdm(range(0, len(mine), 32), desc=desc, disable=rank != 0, dynamic_ncols=True):
         x = torch.stack([ds[j][0] for j in mine[i:i + 32]]).to(device)
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size=(x.shape[2], size, size), mode="area")  # (B, C, T, size, size)
         with autocast(device, cfg.dtype):
-            if group is None:
+            if group is None or not default:  # pieces of time are for the long default clips
                 z = vae.encode(x).mode()
             else:
                 pieces = vae_lib.ContextParallel(group)
@@ -421,29 +471,38 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device):
     if rank == 0:
         save_checkpoint(path, dict(key=key, latents=latents, captions=captions))
         if resource is not None:  # the memory of encoding, to compare settings such as vae.context_parallel
-            print(f"latent cache: {n} videos; peak memory of rank 0 so far "
+            print(f"latent cache {os.path.basename(path)}: {n} {kind}s; peak memory of rank 0 so far "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     barrier()
     return latents, captions
 
 
-def train_dit(cfg, rank, world, device, resume):
+def train_dit(cfg, rank, world, device, resume, deadline=None):
+    """deadline (time.perf_counter()): a budgeted run's end; every phase's steps are sized from a probe."""
     d = cfg.dit
     path = os.path.join(cfg.out_dir, "dit.pt")
     vae_path = d.vae_ckpt or os.path.join(cfg.out_dir, "vae.pt")
     vae_ckpt = load_checkpoint(vae_path, "vae")
     vae = load_vae(vae_ckpt, device)
-    latents, captions = cached_latents(cfg, vae, vae_ckpt, rank, world, device)
+    phases = schedule.resolve_phases(cfg)
+    ranks = world // d.sequence_parallel  # data-parallel ranks: those of one sequence share their samples
+    caches = {shape: cached_latents(cfg, vae, vae_ckpt, rank, world, device, *shape)
+              for shape in schedule.shapes(phases, cfg, ranks)}  # (kind, frames, size) -> (latents, captions)
 
     tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
     if rank == 0 and not (resume and os.path.isfile(tok_path)):
-        Tokenizer.train(captions, d.vocab_size).save(tok_path)
+        Tokenizer.train([c for _, captions in caches.values() for c in captions], d.vocab_size).save(tok_path)
     barrier()
     tokenizer = Tokenizer.load(tok_path)
-    ids, mask = tokenizer.encode(captions, d.text_len)
+    datasets = {shape: torch.utils.data.TensorDataset(latents, *tokenizer.encode(captions, d.text_len))
+                for shape, (latents, captions) in caches.items()}
+
+    def latent_shape_of(phase):  # the phase's longest clips: what its previews sample
+        return list(datasets[("video", phase["frames"][-1], phase["size"])].tensors[0].shape[1:])
+    latent_shape = latent_shape_of(phases[-1])
 
     torch.manual_seed(cfg.seed)
-    model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latents.shape[1]).to(device)
+    model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latent_shape[0]).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)  # whole on every rank, FSDP or not
     if d.fsdp:  # FSDP2: each block, then the rest, holds 1/world of its weights; all-gathered per forward
         for block in model.blocks:
@@ -456,9 +515,11 @@ def train_dit(cfg, rank, world, device, resume):
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=not d.fsdp)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
     whole = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: unsharded, on rank 0, plain keys
-    start = 0
+    start, planned = 0, [p["steps"] for p in phases]
     if resume and os.path.isfile(path):
         ckpt = load_checkpoint(path, "dit")
+        if deadline is not None:  # a budgeted run keeps the step counts its probe chose
+            planned = ckpt.get("planned_steps", planned)
         if ckpt["config"]["dit"].get("fsdp", False) != d.fsdp:  # the optimizer state is keyed differently
             raise SystemExit(f"error: {path} was trained with dit.fsdp={not d.fsdp}: resume with the same")
         ema.load_state_dict(ckpt["ema"])
@@ -490,46 +551,69 @@ def train_dit(cfg, rank, world, device, resume):
     ddp_model = torch.compile(model) if d.compile else model
     ddp_model = DDP(ddp_model, **no_sync_buffers) if world > 1 and not d.fsdp else ddp_model
 
-    per_rank = d.batch_size // sp_world
-    dataset = torch.utils.data.TensorDataset(latents, ids, mask)
-    data = batches(dataset, per_rank, sp_rank, sp_world, cfg.seed, start)
-    logger = Logger(cfg, rank, "dit", start, d.steps)
-    logger.print(f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, objective {d.objective}, "
-                 f"latents {tuple(latents.shape[1:])}, {len(latents)} videos, vocab {tokenizer.vocab_size}")
-    latent_shape = list(latents.shape[1:])
-
     def dit_loss(m, micro):
         x0, ids_, mask_ = micro
         ids_, mask_ = diffusion.drop_captions(ids_, mask_, d.caption_dropout)
         if sp_group is not None:  # every call of the objective runs the DiT over this group's ranks
             m = functools.partial(m, sp_group=sp_group)
         cond = dict(ids=ids_, mask=mask_)
-        if d.i2v:  # CogVideoX-I2V: the first latent frame, noise-augmented, as the image input (03)
-            cond["image"] = diffusion.image_condition(x0, d.i2v_drop)
+        if d.i2v:  # CogVideoX-I2V: the first latent frame, noise-augmented, as the image input (03); an image
+            cond["image"] = diffusion.image_condition(x0, d.i2v_drop if x0.shape[2] > 1 else 1.0)  # has none
         return objective.loss(m, x0, cond, rank=sp_rank, world_size=sp_world), {}
+
+    def micro_batches(rows):  # rows: (latents, ids, mask) of each bucket -> grad_accum micro-batches per bucket
+        return [m for x0, ids_, mask_ in rows for m in zip(x0.to(device).float().chunk(d.grad_accum),
+                                                           ids_.to(device).chunk(d.grad_accum),
+                                                           mask_.to(device).chunk(d.grad_accum))]
+
+    def buckets_of(p):
+        return schedule.step_buckets(phases[p], cfg, ranks)
+
+    def first_step(p):  # phase p's first samples of each bucket: what the budget's probe times
+        return micro_batches([datasets[(b.kind, b.frames, b.size)][:b.count // ranks] for b in buckets_of(p)])
+    logger = Logger(cfg, rank, "dit", start, sum(planned))
+    if deadline is not None and start == 0:  # compiling happens in the probe's warm-up, inside the budget
+        def timed(p):  # a whole step of phase p: the batch to the device, the optimizer step, the EMA
+            train_step(ddp_model, opt, scaler, dit_loss, first_step(p), device, cfg.dtype, cfg.clip_grad)
+            ema_update(ema, model, d.ema_decay)
+        seconds = [probe(lambda: timed(p), [model, ema, opt, scaler], device) for p in range(len(phases))]
+        planned = schedule.budget_steps(planned, seconds, deadline, logger.print, "DiT")
+        logger.bar.total, logger.last = sum(planned), time.perf_counter()
+    n_videos = len(datasets[("video", phases[-1]["frames"][-1], phases[-1]["size"])])
+    logger.print(f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, objective {d.objective}, "
+                 f"latents {tuple(latent_shape)}, {n_videos} videos, vocab {tokenizer.vocab_size}")
 
     def state(step):  # under FSDP the getters gather the shards: every rank must call them
         weights = get_model_state_dict(model, options=whole) if d.fsdp else model.state_dict()
         moments = get_optimizer_state_dict(model, opt, options=whole) if d.fsdp else opt.state_dict()
+        p, k = schedule.phase_at(step, planned) if step < sum(planned) else (len(planned), 0)  # the next step's
         return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=weights,
                     ema=ema.state_dict(), optimizer=moments, scaler=scaler.state_dict(),
-                    rng=all_rng_states(), data_position=data_position(step, len(dataset), d.batch_size),
+                    rng=all_rng_states(), data_position=dict(phase=p, step_in_phase=k), planned_steps=planned,
                     tokenizer=tokenizer.state_dict(), tokenizer_file=tok_path, vocab_size=tokenizer.vocab_size,
                     latent_shape=latent_shape, vae=vae_ckpt["model"], vae_config=vae_ckpt["config"],
                     scaling_factor=float(vae.scaling_factor))
 
-    for step in range(start, d.steps):
+    total, data = sum(planned), None
+    for step in range(start, total):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, d.lr, d.warmup, d.steps, d.lr_decay)
-        x0, b_ids, b_mask = (t.to(device) for t in next(data))
-        micro = list(zip(x0.float().chunk(d.grad_accum), b_ids.chunk(d.grad_accum), b_mask.chunk(d.grad_accum)))
+            group["lr"] = lr_at(step, d.lr, d.warmup, total, d.lr_decay)  # one schedule over every phase
+        p, k = schedule.phase_at(step, planned)
+        if data is None or k == 0:  # each bucket of the phase draws from its own cache, in its own fixed order
+            data = [batches(datasets[(b.kind, b.frames, b.size)], b.count // ranks, sp_rank, sp_world,
+                            cfg.seed + 1000 * p + i, k) for i, b in enumerate(buckets_of(p))]
+            preview_shape = latent_shape_of(phases[p])
+            if len(phases) > 1 or len(data) > 1:
+                logger.print(f"phase {p + 1}/{len(phases)}, {planned[p]} steps: " + ", ".join(
+                    f"{b.count} {b.kind}s of {b.frames} frame(s) at {b.size}x{b.size}" for b in buckets_of(p)))
+        micro = micro_batches([next(bucket) for bucket in data])
         loss, logs = train_step(ddp_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
         # warm the decay up: a plain 0.999 would still hold 13% of the random init after 2000 steps
         ema_update(ema, model, min(d.ema_decay, (1 + step) / (10 + step)))
         loss = mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
         logger.step(step, loss, logs)
-        done, stop = step + 1 == d.steps, stop_requested(device)
+        done, stop = step + 1 == total, stop_requested(device)
         if (step + 1) % d.ckpt_every == 0 or done or stop:
             ckpt = state(step + 1)
             if rank == 0:
@@ -537,7 +621,7 @@ def train_dit(cfg, rank, world, device, resume):
         if stop:
             stop_here(step, path, logger)
         if rank == 0 and ((step + 1) % d.sample_every == 0 or done):
-            videos = generate(ema, objective, vae, tokenizer, d.prompts, latent_shape, d.text_len,
+            videos = generate(ema, objective, vae, tokenizer, d.prompts, preview_shape, d.text_len,
                               d.sample_steps, d.sample_cfg, cfg.seed, device, cfg.dtype, d.sample_cfg_rescale)
             gif = os.path.join(cfg.out_dir, "samples", f"dit_{step + 1:06d}.gif")
             os.makedirs(os.path.dirname(gif), exist_ok=True)
@@ -549,6 +633,7 @@ def train_dit(cfg, rank, world, device, resume):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
+    begin = time.perf_counter()
     cfg, args = parse_args(argv, description=__doc__)
     world = int(os.environ.get("WORLD_SIZE", 1))
     check_config(cfg, args, world)
@@ -567,11 +652,13 @@ def main(argv=None):
     barrier()  # the other ranks read the scan from OUT/scan.json
     handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     STOP["signal"] = None
+    end = begin + 60 * cfg.budget_minutes if cfg.budget_minutes else None  # the whole run's deadline
     try:
         if args.stage in ("all", "vae"):
-            train_vae(cfg, rank, world, device, args.resume)
+            share = cfg.budget_vae if args.stage == "all" else 1.0
+            train_vae(cfg, rank, world, device, args.resume, end and begin + share * (end - begin))
         if args.stage in ("all", "dit"):
-            train_dit(cfg, rank, world, device, args.resume)
+            train_dit(cfg, rank, world, device, args.resume, end)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from data import schedule
 from sample import ArgumentParser, build_dit, build_objective, build_vae
 
 # Defaults live here; a YAML file overrides them, then --section.key=value flags.
@@ -69,6 +70,17 @@ class VAEConfig:
     norm: str = "frame"              # frame: per-frame GroupNorm, exactly causal | clip: over the clip (CogVideoX)
     bottleneck: str = "kl"           # kl: Gaussian + KL | fsq: finite scalar quantization (Mentzer et al. 2023)
     fsq_levels: list[int] = field(default_factory=lambda: [5])  # fsq: levels per latent channel (one: all alike)
+    images: float = 0.0              # share of steps on images, batch_size x frames of them (Pyramid Flow's VAE)
+
+
+@dataclass
+class Phase:
+    """One phase of progressive training (data/schedule.py); 0, [] or -1 take the dit/data value."""
+    steps: int = 0
+    frames: list[int] = field(default_factory=list)  # several: clips of each length in every batch (frame pack)
+    size: int = 0                    # pixels; lower than data.size: the videos are downsampled before encoding
+    batch_size: int = 0              # videos of the longest length: the token budget of one step
+    images: float = -1.0             # share of the token budget spent on images; -1 = dit.images
 
 
 @dataclass
@@ -114,6 +126,8 @@ class DiTConfig:
     history_noise: float = 1 / 3     # pyramid: history frames get sigma ~ U(0, history_noise) in training (05)
     i2v: bool = False                # flow/ddpm: also learn image-to-video, the first latent frame as input (03)
     i2v_drop: float = 0.1            # i2v: the share of samples trained without the image (text-to-video)
+    images: float = 0.0              # share of each step's token budget spent on captioned images (1 latent frame)
+    phases: list[Phase] = field(default_factory=list)  # progressive training; [] = one phase of dit.steps
     ckpt_every: int = 500
     sample_every: int = 500
     prompts: list[str] = field(default_factory=lambda: [
@@ -128,6 +142,10 @@ class Config:
     device: str = "auto"             # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     dtype: str = "bf16"              # bf16 | fp16 | fp32
     clip_grad: float = 1.0
+    # 0: the step counts of the config. M > 0: a timing probe at the start of each stage sizes its steps (and
+    # each phase's) so that the whole run ends within M minutes on this machine; the counts go into the checkpoint
+    budget_minutes: float = 0.0
+    budget_vae: float = 0.3          # the VAE stage's share of budget_minutes when both stages run
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
@@ -139,7 +157,8 @@ CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", 
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.arch": ("cogvideox", "hunyuan"),
            "dit.attention": ("full", "factorized"), "dit.t_sampling": ("uniform", "logit_normal"),
            "dit.ddpm_sampler": ("ddim", "ddpm"), "dit.flow_solver": ("euler", "heun")}
-RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
+RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.images": (0.0, 0.9), "vae.images": (0.0, 0.9),
+          "budget_minutes": (0.0, 1e6), "budget_vae": (0.01, 0.99), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
           "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
 
 # keys that older runs wrote into config.yaml: their value that today's code follows, and why any other is refused
@@ -149,9 +168,15 @@ RETIRED = {"dit.optimizer": ("adamw", "Muon left train.py (docs/experiments.md);
 def coerce(key, value, kind):
     """value as type `kind`, or a ValueError that names the key."""
     if getattr(kind, "__origin__", None) is list:
-        if not isinstance(value, list):
-            raise ValueError(f"config key '{key}' must be a list, got {value!r}")
+        if not isinstance(value, list):  # frames: 9 where a list is expected means [9]
+            value = [value]
         return [coerce(f"{key}[{i}]", v, kind.__args__[0]) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(kind):  # a phase: key: value pairs over the defaults
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' needs key: value pairs, got {value!r}")
+        section = kind()
+        merge(section, value, "the config", key + ".")
+        return section
     if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
             return float(value)
@@ -228,6 +253,35 @@ def parse_args(argv=None, description=None):
     return cfg, args
 
 
+def check_phases(cfg, world, fail):
+    """dit.phases and dit.images: every shape a phase trains on must suit the VAE, the DiT and the data."""
+    d, v = cfg.dit, cfg.vae
+    if (d.phases or d.images) and d.sequence_parallel > 1:
+        fail("dit.phases and dit.images mix shapes in a step, which dit.sequence_parallel does not split: use one")
+    space, tc = v.patch * 2 ** (len(v.channels) - 1), v.time_compression
+    grid = d.patch * 2 ** (d.pyramid_stages - 1 if d.objective == "pyramid" else 0)
+    for i, phase in enumerate(schedule.resolve_phases(cfg)):
+        key = f"dit.phases[{i}]" if d.phases else "dit"
+        if d.phases and d.phases[i].steps < 1:
+            fail(f"{key} needs steps >= 1 (each phase: steps, and optionally frames, size, batch_size, images)")
+        for f in phase["frames"]:
+            if f < 2 or (f - 1) % tc or f > cfg.data.frames:
+                fail(f"{key}.frames={f}: clips take 1 + {tc}k frames (vae.time_compression={tc}), at least "
+                     f"{1 + tc} and at most data.frames={cfg.data.frames}; images come from dit.images")
+            if d.objective != "pyramid" and (1 + (f - 1) // tc) % d.patch_t:
+                fail(f"{key}.frames={f}: {1 + (f - 1) // tc} latent frames are not divisible by dit.patch_t")
+        size = phase["size"]
+        if size > cfg.data.size or size % space or (size // space) % grid:
+            fail(f"{key}.size={size} must be at most data.size={cfg.data.size}, divisible by the VAE's space "
+                 f"compression {space}, and give a latent divisible by {grid}")
+        if not 0 <= phase["images"] <= 0.9:
+            fail(f"{key}.images={phase['images']} must be in [0, 0.9]: the share of the step's tokens for images")
+        for b in schedule.step_buckets(phase, cfg, world // d.sequence_parallel):
+            if b.count > d.videos:
+                fail(f"{key}: a step takes {b.count} {b.kind}s of {b.frames} frame(s), more than dit.videos="
+                     f"{d.videos} in the latent cache")
+
+
 def check_config(cfg, args, world):
     """Everything that can be checked before work, each a one-line error naming the key and what it needs."""
     data, v, d = cfg.data, cfg.vae, cfg.dit
@@ -270,6 +324,10 @@ def check_config(cfg, args, world):
                  f"{key}.grad_accum={section.grad_accum} micro-steps")
     if d.videos < d.batch_size:
         fail(f"dit.videos={d.videos} is fewer than one batch (dit.batch_size={d.batch_size})")
+    check_phases(cfg, world, fail)
+    if cfg.budget_minutes and d.fsdp:
+        fail("budget_minutes times the run with a probe that puts the weights back, which FSDP's shards do not "
+             "support: set dit.fsdp=false or budget_minutes=0")
     if data.dataset == "moving_mnist" and data.channels != 1:
         fail(f"Moving MNIST is grayscale: data.channels must be 1, got {data.channels}")
     if data.dataset != "moving_mnist" and not os.path.isdir(data.dataset):

@@ -43,13 +43,17 @@ def check_folder(cfg):
                          f"{os.path.join(cfg.out_dir, 'dropped.txt')}); fix them, or set data.on_bad=skip")
 
 
-def video_dataset(cfg, split, frames, length):
+def video_dataset(cfg, split, frames, length, images=False):
+    """(video (C, T, H, W), caption) pairs; images=True: captioned images as 1-frame videos (C, 1, H, W)."""
     d = cfg.data
     if d.dataset == "moving_mnist":
-        return MovingMNIST(split, num_frames=frames, length=length, seed=cfg.seed, size=d.size,
+        return MovingMNIST(split, num_frames=frames, length=length, seed=cfg.seed, size=d.size, still=images,
                            max_digits=d.max_digits, images=d.mnist_images or None, labels=d.mnist_labels or None)
-    return VideoFolder(d.dataset, num_frames=frames, size=d.size, channels=d.channels, train=split == "train",
-                       pairs=scan(cfg)[0])
+    try:
+        return VideoFolder(d.dataset, num_frames=frames, size=d.size, channels=d.channels, train=split == "train",
+                           pairs=scan(cfg)[0], images=images)
+    except ValueError as e:  # e.g. images asked for and the folder holds none
+        raise SystemExit(f"error: {e}") from None
 
 
 def batches(dataset, batch_size, rank, world, seed, start_step, workers=0):

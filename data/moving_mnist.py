@@ -12,6 +12,10 @@ Video i of a split with a given seed is always the same video: its recipe
 Train and validation draw from disjoint digit images: the first 80% of the
 MNIST file (test-set indices 0-7999) and the last 20% (8000-9999).
 
+still=True gives captioned images for joint image + video training: one frame,
+from recipes of their own (not the videos' first frames), captioned with the
+digits alone, `digit 3` or `digit 3 and digit 7`, since a still shows no motion.
+
     python data/moving_mnist.py    # writes moving_mnist.gif, prints videos/s
 """
 import gzip
@@ -74,7 +78,9 @@ def bounce(start, velocity, num_frames, limit):
     return np.where(p > limit, 2 * limit - p, p)
 
 
-def caption(sprites):
+def caption(sprites, still=False):
+    if still:
+        return " and ".join(f"digit {s.label}" for s in sprites)
     return " and ".join(f"digit {s.label} is moving {AXES[s.axis]}" for s in sprites)
 
 
@@ -82,13 +88,15 @@ class MovingMNIST(Dataset):
     """Returns (video float [1, T, size, size] in [-1, 1], caption str)."""
 
     def __init__(self, split="train", num_frames=17, length=10000, seed=0, size=64,
-                 max_digits=2, p_two=0.5, speed=(2, 5), images=None, labels=None):
+                 max_digits=2, p_two=0.5, speed=(2, 5), images=None, labels=None, still=False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if num_frames < 1 or size < DIGIT or max_digits not in (1, 2):
             raise ValueError(f"need num_frames >= 1, size >= {DIGIT} and max_digits 1 or 2; "
                              f"got num_frames={num_frames}, size={size}, max_digits={max_digits}")
+        num_frames = 1 if still else num_frames
         self.split, self.num_frames, self.length, self.seed, self.size = split, num_frames, length, seed, size
+        self.still = still
         self.max_digits, self.p_two, self.speed = max_digits, p_two, speed
         self.digits, self.labels = load_mnist(images, labels)
         cut = int(0.8 * len(self.digits))  # train/val digit images never overlap
@@ -99,7 +107,7 @@ class MovingMNIST(Dataset):
 
     def recipe(self, i):
         """The sprites of video i: everything random about it, drawn from its own seeded generator."""
-        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), i])
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), i] + [1] * self.still)
         n = 2 if self.max_digits == 2 and rng.random() < self.p_two else 1
         limit = self.size - DIGIT  # the top-left corner stays in [0, limit]
         sprites = []
@@ -129,7 +137,7 @@ class MovingMNIST(Dataset):
             raise IndexError(f"video {i} out of range for a dataset of {self.length}")
         sprites = self.recipe(i)
         video = torch.from_numpy(self.render(sprites)).float().div_(127.5).sub_(1.0)
-        return video.unsqueeze(0), caption(sprites)  # (1, T, H, W), str
+        return video.unsqueeze(0), caption(sprites, self.still)  # (1, T, H, W), str
 
 
 def save_gif(path, video, fps=8):

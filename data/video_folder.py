@@ -1,5 +1,10 @@
 """Your own clips: a folder of `name.gif` + `name.txt` pairs (sample.py writes the same format).
 
+Still images (`name.png`/`.jpg`/`.jpeg` + `name.txt`) in the same folder are 1-frame videos, for
+joint image + video training as CogVideoX and HunyuanVideo do: a causal VAE encodes an image as one
+latent frame, so images teach appearance from data far more plentiful than clips.
+VideoFolder(..., images=True) serves them, (C, 1, size, size) each; the default serves the clips.
+
 Frames are resized (shorter side to `size`) and centre-cropped to size x size.
 A clip longer than `num_frames` gives a window of consecutive frames (a random
 start in training, the first frames otherwise); a shorter one is padded by
@@ -26,7 +31,7 @@ import re
 
 import numpy as np
 import torch
-from PIL import Image, ImageSequence
+from PIL import Image, ImageOps, ImageSequence
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -36,7 +41,37 @@ from tqdm import tqdm
 BAD_REASONS = ("unreadable", "no caption", "empty caption", "caption unreadable", "too short", "too small")
 FILTER_REASONS = ("static", "blank", "duplicate", "short caption", "caption mismatch")
 REASONS = BAD_REASONS + FILTER_REASONS
-CACHE_VERSION = 1  # bump when read_gif or the facts below change meaning: old caches are then ignored
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+CACHE_VERSION = 2  # bump when read_gif/read_image or the facts below change meaning: old caches are then ignored
+
+
+def is_image(path):
+    """True for a still image (.png, .jpg, .jpeg in any case), which is served as a 1-frame video."""
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _fit(frame, size):
+    """Shorter side resized to `size`, centre-cropped to size x size, as uint8 (H, W) or (H, W, C)."""
+    scale = size / min(frame.size)
+    w, h = max(size, round(frame.width * scale)), max(size, round(frame.height * scale))
+    frame = frame.resize((w, h), Image.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(frame.crop((left, top, left + size, top + size)))
+
+
+def read_image(path, size, channels, return_size=False):
+    """One still image as uint8 (1, size, size, C), the layout of read_gif; raises ValueError naming the file
+    if unreadable. return_size=True also returns the source's (width, height), as read_gif does."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # phone photos are stored sideways, with the turn in EXIF
+            source_size = im.size
+            frame = _fit(im.convert({1: "L", 3: "RGB"}[channels]), size)  # convert decodes, so errors land here
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on broken files
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    video = np.stack([frame])  # a writable copy: PIL's own array is read-only, and torch warns on those
+    video = video[..., None] if channels == 1 else video
+    return (video, source_size) if return_size else video
 
 
 def read_gif(path, size, channels, return_size=False):
@@ -52,12 +87,7 @@ def read_gif(path, size, channels, return_size=False):
             frames, durations = [], []
             for frame in ImageSequence.Iterator(im):
                 durations.append(frame.info.get("duration", 0))
-                frame = frame.convert(mode)  # decodes palettes and frame disposal into a full image
-                scale = size / min(frame.size)
-                w, h = max(size, round(frame.width * scale)), max(size, round(frame.height * scale))
-                frame = frame.resize((w, h), Image.BICUBIC)
-                left, top = (w - size) // 2, (h - size) // 2
-                frames.append(np.asarray(frame.crop((left, top, left + size, top + size))))
+                frames.append(_fit(frame.convert(mode), size))  # convert decodes palettes and frame disposal
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on broken files
         raise ValueError(f"cannot read video {path}: {e}") from e
     if not frames:
@@ -83,14 +113,15 @@ def _stat(path):
 
 
 def _video_facts(path, size, channels):
-    """Everything the filters need from one GIF, small enough to cache as JSON.
+    """Everything the filters need from one GIF or image, small enough to cache as JSON.
 
     Only facts that depend on the file (and size/channels) are stored, never a
     keep/drop decision: thresholds are applied afresh on every scan, so changing
     one needs no re-decode.
     """
     try:
-        video, (width, height) = read_gif(path, size, channels, return_size=True)
+        read = read_image if is_image(path) else read_gif
+        video, (width, height) = read(path, size, channels, return_size=True)
     except ValueError as e:
         return {"error": str(e)}
     x = video.astype(np.float32) / 255  # pixels in [0, 1], so thresholds do not depend on bit depth
@@ -138,11 +169,12 @@ def _counts(report):
 
 def scan_folder(root, num_frames, size, channels, min_motion=0.0, min_content=0.0, dedupe=False,
                 min_caption_words=0, caption_regex="", pad_short=True, allow_upscale=True, cache=None, progress=True):
-    """Read every clip of `root` once; return (kept pairs, report).
+    """Read every clip and image of `root` once; return (kept pairs, report).
 
-    pairs: [(gif_path, txt_path)] of the kept clips, sorted by name, for VideoFolder(pairs=...).
-    report: {"kept": int, "total": int, "dropped": {reason: [gif file names]} for every reason
-    in REASONS order (empty lists included), "details": {gif file name: why, in words}}.
+    pairs: [(media_path, txt_path)] of the kept clips and images, sorted by file name, for
+    VideoFolder(pairs=...), which picks the kind it serves.
+    report: {"kept": int, "total": int, "dropped": {reason: [file names]} for every reason
+    in REASONS order (empty lists included), "details": {file name: why, in words}}.
 
     Filters (each 0 / False / "" = off, the default, which keeps every readable, captioned clip,
     as VideoFolder alone would):
@@ -152,6 +184,7 @@ def scan_folder(root, num_frames, size, channels, min_motion=0.0, min_content=0.
       min_caption_words  drop a "short caption" with fewer words
       caption_regex      drop a "caption mismatch": re.search(caption_regex, caption) finds nothing
     pad_short=False drops clips with fewer than num_frames frames ("too short") instead of padding.
+    Images go through the same checks except min_motion and pad_short (see below).
     allow_upscale=False drops a source whose shorter side is below `size` ("too small"): upscaling blurs.
 
     cache: a JSON file (in the run's out_dir, never the data folder) of per-file facts, reused
@@ -171,19 +204,23 @@ def scan_folder(root, num_frames, size, channels, min_motion=0.0, min_content=0.
     old_videos, old_captions = _load_cache(cache, settings) if cache else ({}, {})
     videos, captions = {}, {}  # rebuilt from scratch, so entries of deleted files drop out
 
-    gifs = sorted(f for f in os.listdir(root) if f.lower().endswith(".gif"))  # stray .txt files are ignored
-    report = {"kept": 0, "total": len(gifs), "dropped": {r: [] for r in REASONS}, "details": {}}
+    # stray .txt files are ignored; name.gif and name.png are two entries, sharing name.txt
+    files = sorted(f for f in os.listdir(root) if f.lower().endswith(".gif") or is_image(f))
+    report = {"kept": 0, "total": len(files), "dropped": {r: [] for r in REASONS}, "details": {}}
     pairs, seen = [], set()
-    for gif in tqdm(gifs, desc=f"scan {root}", disable=not progress or len(gifs) < 50):
-        gif_path = os.path.join(root, gif)
-        txt = gif[:-4] + ".txt"
+    for name in tqdm(files, desc=f"scan {root}", disable=not progress or len(files) < 50):
+        path = os.path.join(root, name)
+        txt = os.path.splitext(name)[0] + ".txt"
         txt_path = os.path.join(root, txt)
+        # A still has no motion and is never short (it is served as exactly one frame), so min_motion
+        # and pad_short skip images; every other check applies to them as to clips.
+        clip = not is_image(name)
 
-        stat = _stat(gif_path)
-        facts = old_videos.get(gif)
+        stat = _stat(path)
+        facts = old_videos.get(name)
         if facts is None or stat is None or facts.get("stat") != stat:
-            facts = dict(_video_facts(gif_path, size, channels), stat=stat)
-        videos[gif] = facts
+            facts = dict(_video_facts(path, size, channels), stat=stat)
+        videos[name] = facts
         cap = None
         if os.path.isfile(txt_path):
             stat = _stat(txt_path)
@@ -200,33 +237,33 @@ def scan_folder(root, num_frames, size, channels, min_motion=0.0, min_content=0.
             reason, why = "no caption", f"no {txt}"
         elif "error" in cap:
             reason, why = cap["error"], f"{txt}: {cap['error']}"
-        elif not pad_short and facts["frames"] < num_frames:
+        elif clip and not pad_short and facts["frames"] < num_frames:
             reason, why = "too short", f"{facts['frames']} frames < {num_frames}"
         elif not allow_upscale and min(facts["width"], facts["height"]) < size:
             reason, why = "too small", f"source {facts['width']}x{facts['height']} < {size}"
-        elif min_motion and facts["motion"] < min_motion:
+        elif clip and min_motion and facts["motion"] < min_motion:
             reason, why = "static", f"motion {facts['motion']:.4g} < {min_motion}"
         elif min_content and facts["std"] < min_content:
             reason, why = "blank", f"pixel std {facts['std']:.4g} < {min_content}"
         elif dedupe and facts["sha1"] in seen:
-            reason, why = "duplicate", "same frames as an earlier clip"
+            reason, why = "duplicate", "same frames as an earlier clip or image"
         elif min_caption_words and len(cap["caption"].split()) < min_caption_words:
             reason, why = "short caption", f"{len(cap['caption'].split())} words < {min_caption_words}"
         elif pattern and pattern.search(cap["caption"]) is None:
             reason, why = "caption mismatch", f"caption does not match {caption_regex!r}"
 
         if reason is None:
-            pairs.append((gif_path, txt_path))
+            pairs.append((path, txt_path))
             seen.add(facts["sha1"])  # only kept clips count as originals: a dropped copy keeps no one out
         else:
-            report["dropped"][reason].append(gif)
-            report["details"][gif] = why
+            report["dropped"][reason].append(name)
+            report["details"][name] = why
     report["kept"] = len(pairs)
 
     if cache:
         _save_cache(cache, settings, videos, captions)
     if not pairs:
-        raise ValueError(f"video folder {root}: no usable clips ({_counts(report) or 'no .gif files'})")
+        raise ValueError(f"video folder {root}: no usable clips ({_counts(report) or 'no .gif or image files'})")
     return pairs, report
 
 
@@ -242,20 +279,26 @@ def format_report(report, root):
 
 # ----------------------------------------------------------------------------- dataset
 class VideoFolder(Dataset):
-    def __init__(self, root, num_frames=17, size=64, channels=1, train=True, pairs=None):
-        """pairs: [(gif_path, txt_path)] from scan_folder; None lists every pair in `root` unchecked."""
+    def __init__(self, root, num_frames=17, size=64, channels=1, train=True, pairs=None, images=False):
+        """pairs: [(media_path, txt_path)] from scan_folder; None lists every pair in `root` unchecked.
+
+        Serves one kind: the clips (images=False), or the images as 1-frame videos (images=True,
+        num_frames then unused), so a batch never mixes lengths; joint training keeps one of each.
+        """
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         if not os.path.isdir(root):
             raise ValueError(f"video folder {root} does not exist")
-        if pairs is None:
-            names = sorted(f[:-4] for f in os.listdir(root) if f.lower().endswith(".gif"))
-            pairs = [(os.path.join(root, n + ".gif"), os.path.join(root, n + ".txt"))
-                     for n in names if os.path.isfile(os.path.join(root, n + ".txt"))]
-        self.pairs = list(pairs)
+        if pairs is None:  # sorted by stem first, so a folder of gifs keeps the order it always had
+            files = sorted((f for f in os.listdir(root) if f.lower().endswith(".gif") or is_image(f)),
+                           key=lambda f: (os.path.splitext(f)[0], f))
+            pairs = [(os.path.join(root, f), os.path.join(root, os.path.splitext(f)[0] + ".txt")) for f in files]
+            pairs = [(media, txt) for media, txt in pairs if os.path.isfile(txt)]
+        self.pairs = [(media, txt) for media, txt in pairs if is_image(media) == images]
         if not self.pairs:
-            raise ValueError(f"no name.gif + name.txt pairs in video folder {root}")
-        self.num_frames, self.size, self.channels, self.train = num_frames, size, channels, train
+            raise ValueError(f"no name.png/.jpg + name.txt image pairs in video folder {root}" if images
+                             else f"no name.gif + name.txt pairs in video folder {root}")
+        self.num_frames, self.size, self.channels, self.train, self.images = num_frames, size, channels, train, images
 
     def __len__(self):
         return len(self.pairs)
@@ -275,6 +318,9 @@ class VideoFolder(Dataset):
         return text
 
     def __getitem__(self, i):
+        if self.images:
+            video = read_image(self.pairs[i][0], self.size, self.channels)  # (1, H, W, C): never cut or padded
+            return torch.from_numpy(video).permute(3, 0, 1, 2).float().div(127.5).sub(1.0), self.caption(i)
         video = read_gif(self.pairs[i][0], self.size, self.channels)  # (T, H, W, C)
         extra = len(video) - self.num_frames
         if extra > 0:

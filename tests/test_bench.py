@@ -263,7 +263,7 @@ def test_objectives_reuse_the_run_and_score_each(val, images, tmp_path, monkeypa
     monkeypatch.setattr(train, "video_dataset", lambda *a, **k: pytest.fail("the latents were encoded again"))
     info = dict(train_s=0.0, steps=0, seed=0, val_acc=1.0, val_acc_degraded=1.0)
     monkeypatch.setattr(bench, "load_judge", lambda path: (Templates(val, images), dict(info, path=path)))
-    bench.main(["objectives", "--run", str(run), "--minutes", "0.01", "--n", "1", "--probe", "1",
+    bench.main(["objectives", "--run", str(run), "--minutes", "0.01", "--n", "1",
                 "--objectives", "flow", "--out", str(tmp_path / "bench")])
     report = json.loads((tmp_path / "bench" / "objectives.json").read_text())
     flow = report["rows"]["flow"]
@@ -273,7 +273,7 @@ def test_objectives_reuse_the_run_and_score_each(val, images, tmp_path, monkeypa
     cached = tmp_path / "bench" / "objectives" / "flow" / "dit.pt"
     assert cached.is_file()
     assert "sample s/video" in capsys.readouterr().out
-    again = ["objectives", "--run", str(run), "--minutes", "0.01", "--n", "1", "--probe", "1", "--objectives", "flow",
+    again = ["objectives", "--run", str(run), "--minutes", "0.01", "--n", "1", "--objectives", "flow",
              "--out", str(tmp_path / "bench")]
     bench.main(again)  # same run: the cached model is scored, not retrained
     assert "scoring it as it is" in capsys.readouterr().out
@@ -294,7 +294,7 @@ def test_compare_trains_each_variant_its_own_vae_and_reports_the_vae_columns(val
     info = dict(train_s=0.0, steps=0, seed=0, val_acc=1.0, val_acc_degraded=1.0)
     monkeypatch.setattr(bench, "load_judge", lambda path: (Templates(val, images), dict(info, path=path)))
     bench.main(["compare", "--config", str(tmp_path / "toy.yaml"), "--vae-minutes", "0.002", "--minutes", "0.002",
-                "--n", "1", "--probe", "1", "--variant", "base=", "--variant", "c8=--vae.latent_channels=8",
+                "--n", "1", "--variant", "base=", "--variant", "c8=--vae.latent_channels=8",
                 "--flags=--dit.videos=8", "--out", str(tmp_path / "bench")])
     report = json.loads((tmp_path / "bench" / "compare.json").read_text())
     assert report["variants"] == {"base": ["--dit.videos=8"], "c8": ["--dit.videos=8", "--vae.latent_channels=8"]}

@@ -189,7 +189,7 @@ def test_scan_all_bad_names_folder_and_reasons(tmp_path, capsys):
         scan_folder(str(tmp_path), 9, 64, 1)
     assert f"scan {tmp_path}" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"no usable clips \(no .gif files\)"):
+    with pytest.raises(ValueError, match=r"no usable clips \(no .gif or image files\)"):
         scan_folder(str(tmp_path / "empty"), 9, 64, 1)
     with pytest.raises(ValueError, match="does not exist"):
         scan_folder(str(tmp_path / "nope"), 9, 64, 1)
@@ -221,3 +221,125 @@ def test_format_report_counts_each_reason(tmp_path):
     assert "  static: static.gif" in text
     assert format_report({"kept": 2, "dropped": {r: [] for r in report["dropped"]}}, "x") == \
         "video folder x: kept 2 of 2 clips; dropped: none"
+
+
+# ----------------------------------------------------------------------------- images
+def write_image(path, pixels, caption="digit 1 is moving up and down"):
+    """uint8 (H, W) or (H, W, 3) pixels as a PNG or JPEG (by the suffix), and its caption unless None."""
+    Image.fromarray(pixels).save(path)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption + "\n")
+
+
+def noise(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_images_are_scanned_kept_and_served_as_one_frame(tmp_path):
+    ds = write_clips(tmp_path, n=2)
+    frame = ((ds[0][0][0, 0] + 1) * 127.5).round().byte().numpy()  # 64 x 64 already: no resampling
+    write_image(tmp_path / "still.png", frame, "digit 7 stands still")
+    write_image(tmp_path / "clip0.PNG", frame, caption=None)  # beside clip0.gif: its own entry, same caption
+    pairs, report = scan_folder(str(tmp_path), 9, 64, 1, progress=False)
+    assert [os.path.basename(m) for m, _ in pairs] == ["clip0.PNG", "clip0.gif", "clip1.gif", "still.png"]
+    assert report["kept"] == report["total"] == 4 and pairs[0][1] == pairs[1][1] == str(tmp_path / "clip0.txt")
+
+    images = VideoFolder(str(tmp_path), num_frames=9, size=64, channels=1, train=False, pairs=pairs, images=True)
+    assert [os.path.basename(m) for m, _ in images.pairs] == ["clip0.PNG", "still.png"]
+    video, caption = images[1]
+    assert video.shape == (1, 1, 64, 64) and caption == "digit 7 stands still"
+    assert torch.equal(video[0, 0], torch.from_numpy(frame).float().div(127.5).sub(1.0))  # PNG is lossless
+    assert images[0][1] == ds[0][1]
+    clips = VideoFolder(str(tmp_path), num_frames=9, size=64, channels=1, train=False, pairs=pairs)
+    assert [os.path.basename(m) for m, _ in clips.pairs] == ["clip0.gif", "clip1.gif"]
+    assert clips[1][0].shape == (1, 9, 64, 64)
+    # without pairs: the same kinds from the listing; an RGB image at another size
+    assert VideoFolder(str(tmp_path), images=True).pairs == images.pairs
+    assert VideoFolder(str(tmp_path)).pairs == clips.pairs
+    rgb = VideoFolder(str(tmp_path), num_frames=9, size=32, channels=3, images=True)[1][0]
+    assert rgb.shape == (3, 1, 32, 32) and rgb.min() >= -1 and rgb.max() <= 1
+
+
+def test_scan_filters_images_like_clips_except_motion_and_length(tmp_path):
+    write_clips(tmp_path, n=1)                                     # clip0.gif moves far less than 0.5
+    write_image(tmp_path / "photo.png", noise((64, 80)))
+    write_image(tmp_path / "photo2.jpg", noise((64, 64, 3), seed=1))
+    write_image(tmp_path / "black.png", np.zeros((64, 64), np.uint8))
+    write_image(tmp_path / "small.jpeg", noise((32, 48), seed=2))  # shorter side 32 < 64
+    write_image(tmp_path / "cat.png", noise((64, 64), seed=3), "a cat sitting still")
+    (tmp_path / "zcopy.png").write_bytes((tmp_path / "photo.png").read_bytes())  # "zcopy" sorts after "photo"
+    (tmp_path / "zcopy.txt").write_text("digit 2 is moving up and down\n")
+    (tmp_path / "nocap.png").write_bytes((tmp_path / "photo2.jpg").read_bytes())
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "broken.txt").write_text("digit 1 is moving up and down\n")
+    pairs, report = scan_folder(str(tmp_path), 9, 64, 1, min_motion=0.5, min_content=0.05, dedupe=True,
+                                caption_regex="^digit", pad_short=False, allow_upscale=False, progress=False)
+    assert {r: n for r, n in report["dropped"].items() if n} == {
+        "unreadable": ["broken.png"], "no caption": ["nocap.png"], "too small": ["small.jpeg"],
+        "static": ["clip0.gif"], "blank": ["black.png"], "duplicate": ["zcopy.png"], "caption mismatch": ["cat.png"]}
+    assert [os.path.basename(m) for m, _ in pairs] == ["photo.png", "photo2.jpg"]  # 1 frame: neither static nor short
+    assert "cannot read image" in report["details"]["broken.png"] and "broken.png" in report["details"]["broken.png"]
+    assert "kept 2 of 9 clips; dropped: 1 unreadable, 1 no caption" in format_report(report, str(tmp_path))
+
+
+def test_read_image_resizes_crops_and_converts_like_a_gif_frame(tmp_path):
+    assert [vf.is_image(p) for p in ("a.png", "b.JPEG", "c/d.Jpg", "e.gif", "f.txt", "png")] == \
+        [True, True, True, False, False, False]
+    red = np.zeros((20, 40, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).save(tmp_path / "red.jpg", quality=95)
+    gray = vf.read_image(str(tmp_path / "red.jpg"), 16, 1)
+    assert gray.shape == (1, 16, 16, 1) and gray.dtype == np.uint8
+    assert np.abs(gray.astype(int) - 76).max() <= 3  # luma of pure red: 0.299 * 255
+    frame = noise((30, 50))
+    Image.fromarray(frame).save(tmp_path / "f.png")
+    write_frames(tmp_path / "f.gif", frame[None])
+    for channels in (1, 3):  # the same pixels give the same frame, whichever file they came in
+        image = vf.read_image(str(tmp_path / "f.png"), 16, channels)
+        assert image.shape == (1, 16, 16, channels)
+        assert np.array_equal(image, vf.read_gif(str(tmp_path / "f.gif"), 16, channels))
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="cannot read image .*bad.jpg"):
+        vf.read_image(str(tmp_path / "bad.jpg"), 16, 1)
+
+
+def test_missing_kind_named(tmp_path):
+    write_image(tmp_path / "a.png", noise((16, 16)))
+    write_image(tmp_path / "b.jpg", noise((16, 16, 3), seed=1))
+    pairs, _ = scan_folder(str(tmp_path), 9, 16, 1, progress=False)  # images alone are usable
+    for kept in (None, pairs):
+        with pytest.raises(ValueError, match=f"no name.gif \\+ name.txt pairs in video folder {tmp_path}"):
+            VideoFolder(str(tmp_path), pairs=kept)
+        assert len(VideoFolder(str(tmp_path), size=16, pairs=kept, images=True)) == 2
+    gifs = tmp_path / "gifs"
+    gifs.mkdir()
+    write_clips(gifs, n=1)
+    with pytest.raises(ValueError, match=f"no name.png/.jpg \\+ name.txt image pairs in video folder {gifs}"):
+        VideoFolder(str(gifs), images=True)
+
+
+def test_scan_cache_skips_unchanged_images(tmp_path, monkeypatch):
+    root, cache = tmp_path / "media", str(tmp_path / "run" / "scan.json")
+    root.mkdir()
+    write_clips(root, n=1)
+    write_image(root / "a.png", noise((64, 64)))
+    write_image(root / "b.jpg", noise((64, 64, 3), seed=1))
+    (root / "broken.png").write_bytes(b"garbage")
+    (root / "broken.txt").write_text("digit 1 is moving up and down\n")
+    calls = []
+    for name in ("read_gif", "read_image"):
+        real = getattr(vf, name)
+        monkeypatch.setattr(vf, name, lambda path, *a, real=real, **k: calls.append(os.path.basename(path))
+                            or real(path, *a, **k))
+    scan = lambda: scan_folder(str(root), 9, 64, 1, min_content=0.05, cache=cache, progress=False)
+    first = scan()
+    assert sorted(calls) == ["a.png", "b.jpg", "broken.png", "clip0.gif"]
+    calls.clear()
+    assert scan() == first and calls == []  # unchanged files, images and the broken one too, are not decoded
+    write_image(root / "a.png", np.zeros((64, 64), np.uint8), caption=None)  # changed: decoded, now blank
+    _, report = scan()
+    assert calls == ["a.png"] and report["dropped"]["blank"] == ["a.png"]
+    calls.clear()
+    monkeypatch.setattr(vf, "CACHE_VERSION", vf.CACHE_VERSION + 1)  # another version: the cache does not apply
+    scan()
+    assert len(calls) == 4
