@@ -8,16 +8,12 @@
     python bench.py compare --vae-minutes 4 --variant kl= --variant fsq='--vae.bottleneck=fsq'  # VAE designs
     torchrun --standalone --nproc_per_node=2 bench.py context --frames 65   # context-parallel VAE memory
 
-quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN,
-trained on the shipped MNIST digits 0-7999 (validated on 8000-9999) and cached in
-runs/bench/judge.pt, reads the digit in every frame; the motion axis comes from the
-digit's trajectory. Over the 20 single-digit prompts x N samples it reports digit, axis
-and both-correct accuracy, frame consistency, and a Frechet distance between judge
-features of the scored videos and of real validation videos for the same prompts
-(FID's formula, Heusel et al. 2017, with the judge in place of Inception). In Python:
-
-    metrics = judge(videos, prompts)                 # videos (N, 1, T, 64, 64) in [-1, 1]
-    rows = quality(generate_fn, n_per_prompt=8)      # generate_fn(prompts, seed) -> videos
+quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN, trained on the shipped
+MNIST digits 0-7999 (validated on 8000-9999) and cached in runs/bench/judge.pt, reads the digit in every
+frame; the motion axis comes from the digit's trajectory. Over the 20 single-digit prompts x N samples it
+reports digit, axis and both-correct accuracy, frame consistency, and a Frechet distance between judge
+features of the scored videos and of real validation videos for the same prompts (FID's formula, Heusel
+et al. 2017, with the judge in place of Inception).
 
 speed: a training step of the config's VAE and DiT (fp32, bf16 autocast) against the matmul peak of the
 same run, VAE inference in one pass and in chunks, each objective's step and sampling time, pyramid token
@@ -417,10 +413,10 @@ def run_compare(args):
                 raise SystemExit(f"error: {run} is not a finished run: {f} is missing (train.py writes it)")
         config = os.path.join(run, "config.yaml")  # the run's resolved config: the latent cache's key will match
     judge_model, info = load_judge(os.path.join(args.out, "judge.pt"))
-    run_vae = train.fingerprint(sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae")["model"]) if run else None
-    if run:  # every latent shape a variant trains on (data/schedule.py), encoded once into the run first:
-        vae_ckpt = sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae")  # the minutes are then training
-        for flags in variants.values():
+    vae_ckpt = sample.load_checkpoint(os.path.join(run, "vae.pt"), "vae") if run else None
+    run_vae = train.fingerprint(vae_ckpt["model"]) if run else None
+    if run:  # every latent shape a variant trains on (data/schedule.py), encoded into the run once, first:
+        for flags in variants.values():  # the budgeted minutes are then training alone
             cfg, _ = train.parse_args(["--config", config, *flags, f"--out_dir={run}"])
             vae = sample.load_vae(vae_ckpt, sample.pick_device(cfg.device))
             for shape in schedule.shapes(schedule.resolve_phases(cfg), cfg, ranks=1):
@@ -438,15 +434,13 @@ def run_compare(args):
             print(f"{ckpt} exists: scoring it as it is (delete {out} to train it afresh)")
         else:
             os.makedirs(out, exist_ok=True)
-            # train.py's budget sizes the steps from a probe of its own training steps (data/schedule.py),
-            # phases and mixed batches included; eager, so no compile minutes; checkpoints and sample GIFs only
-            # at the end, so the logged step times are training alone
+            # train.py's budget sizes the steps from a probe of its own steps, phases and mixed batches included;
+            # eager (no compile minutes); checkpoints and GIFs only at the end
+            budget = args.vae_minutes + args.minutes
             if args.vae_minutes:
-                budget = args.vae_minutes + args.minutes
                 stage = ["--stage", "all", f"--budget_vae={args.vae_minutes / budget}", "--vae.ckpt_every=1000000",
                          "--vae.sample_every=1000000"]
             else:
-                budget = args.minutes
                 for f in os.listdir(run):
                     if f.startswith("latents") and f.endswith(".pt") or f == "tokenizer.json":
                         shutil.copy(os.path.join(run, f), out)

@@ -8,7 +8,6 @@ import dataclasses
 import math
 import os
 import re
-import signal
 import warnings
 
 import pytest
@@ -20,7 +19,7 @@ from data import schedule
 from data.config import DiTConfig, Phase, parse_args
 from data.moving_mnist import MovingMNIST
 from data.tokenizer import UNK, Tokenizer
-from test_train import TOY, metrics, toy_config
+from test_train import TOY, assert_same_training_state, ctrl_c_during_step, metrics, toy_config
 
 CAPTION = re.compile(r"^digit \d( and digit \d)?$")
 QUIET = {"ckpt_every": 10 ** 6, "sample_every": 10 ** 6}  # a checkpoint and a preview at the end only
@@ -231,14 +230,7 @@ def test_phase_boundary_and_resume_inside_a_phase_are_exact(vae_ckpt, tmp_path, 
     dit = FEW | {"images": 0.3, "phases": [{"steps": 3, "frames": 3}, {"steps": 3}], "ckpt_every": 100}
     args = ["--stage", "dit", f"--dit.vae_ckpt={vae_ckpt}"]
     train.main(["--config", toy_config(straight, dit=dit)] + args)
-    update, calls = train.ema_update, []
-
-    def ctrl_c_during_step_5(*a):
-        update(*a)
-        calls.append(1)
-        if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(train, "ema_update", ctrl_c_during_step_5)
+    update = ctrl_c_during_step(monkeypatch, 5)
     with pytest.raises(SystemExit, match="stopped by SIGINT after step 5.*--resume"):
         train.main(["--config", toy_config(broken, dit=dit)] + args)
     monkeypatch.setattr(train, "ema_update", update)
@@ -251,12 +243,7 @@ def test_phase_boundary_and_resume_inside_a_phase_are_exact(vae_ckpt, tmp_path, 
     a, b = (train.load_checkpoint(str(d / "dit.pt"), "dit") for d in (straight, broken))
     assert a["step"] == b["step"] == 6
     assert [r["loss"] for r in metrics(broken, "dit")] == [r["loss"] for r in metrics(straight, "dit")]
-    for part in ("model", "ema"):
-        for name, tensor in a[part].items():
-            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after an interrupted run"
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        for key in sa:
-            assert torch.equal(sa[key], sb[key]), f"optimizer state {key} differs after resume"
+    assert_same_training_state(a, b)
 
 
 def test_budget_sizes_the_steps_and_the_probe_leaves_no_trace(vae_ckpt, tmp_path):

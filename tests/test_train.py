@@ -157,6 +157,11 @@ def test_resume_is_bitwise_identical(vae_ckpt, tmp_path, monkeypatch):
 
     a, b = (train.load_checkpoint(str(d / "dit.pt"), "dit") for d in (straight, broken))
     assert b["step"] == 6
+    assert_same_training_state(a, b)
+
+
+def assert_same_training_state(a, b):
+    """Two dit.pt checkpoints hold bitwise the same weights, EMA weights and AdamW moments."""
     for part in ("model", "ema"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
@@ -352,20 +357,27 @@ def test_video_folder_is_scanned_and_filtered_before_training(tmp_path, capsys):
         train.main(["--config", config, "--stage", "vae", "--resume", "--data.on_bad=error"])
 
 
+def ctrl_c_during_step(monkeypatch, n):
+    """Send this process SIGINT (Ctrl-C) during step n, from train.ema_update; returns the real ema_update."""
+    update, calls = train.ema_update, []
+
+    def update_then_interrupt(*a):
+        update(*a)
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(train, "ema_update", update_then_interrupt)
+    return update
+
+
 def test_interrupt_saves_and_resume_matches_an_uninterrupted_run(vae_ckpt, tmp_path, monkeypatch):
     """Ctrl-C (SIGINT) mid-run: a checkpoint at the current step, a one-line exit; --resume ends bitwise where an
     uninterrupted run ends."""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     args = ["--stage", "dit", f"--dit.vae_ckpt={vae_ckpt}", "--dit.ckpt_every=100"]
     train.main(["--config", toy_config(straight)] + args)
-    update, calls, handler = train.ema_update, [], signal.getsignal(signal.SIGINT)
-
-    def ctrl_c_during_step_2(*a):
-        update(*a)
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(train, "ema_update", ctrl_c_during_step_2)
+    handler = signal.getsignal(signal.SIGINT)
+    update = ctrl_c_during_step(monkeypatch, 2)
     with pytest.raises(SystemExit, match="stopped by SIGINT after step 2.*--resume"):
         train.main(["--config", toy_config(broken)] + args)
     monkeypatch.setattr(train, "ema_update", update)
