@@ -308,7 +308,7 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
     def image_steps(step):  # steps before `step` that trained on images: every 1/v.images-th, spread evenly
         return math.floor(step * v.images)
     logger = Logger(cfg, rank, "vae", start, total)
-    if deadline is not None and start == 0:  # the frame-count check and the probe run on one real batch
+    if deadline is not None and start == 0:  # time the VAE's step on one real batch, then size the stage
         x = vae_samples(cfg, "train", v.frames, per_rank, device)
         stateful = [vae, criterion, opt, scaler] + ([opt_d] if opt_d else [])
         seconds = probe(lambda: train_step(model, opt, scaler, lambda m, b: criterion(b, *m(b), 0, last_layer),
@@ -586,7 +586,8 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
     def state(step):  # under FSDP the getters gather the shards: every rank must call them
         weights = get_model_state_dict(model, options=whole) if d.fsdp else model.state_dict()
         moments = get_optimizer_state_dict(model, opt, options=whole) if d.fsdp else opt.state_dict()
-        p, k = schedule.phase_at(step, planned) if step < sum(planned) else (len(planned), 0)  # the next step's
+        # where the next step stands: (phase, step inside it); once all are done, (number of phases, 0)
+        p, k = schedule.phase_at(step, planned) if step < sum(planned) else (len(planned), 0)
         return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=weights,
                     ema=ema.state_dict(), optimizer=moments, scaler=scaler.state_dict(),
                     rng=all_rng_states(), data_position=dict(phase=p, step_in_phase=k), planned_steps=planned,
