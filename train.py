@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -54,7 +55,7 @@ from data.config import check_config, parse_args
 from data import schedule
 from data.loading import batches, check_folder, data_position, scan, video_dataset
 from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate,
-                    load_checkpoint, load_vae, pick_device)
+                    load_checkpoint, load_vae, native_bf16, pick_device)
 
 vae_lib = importlib.import_module("01_vae")
 diffusion = importlib.import_module("03_diffusion")
@@ -548,7 +549,7 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
     # only the training step is compiled; previews call the EMA copy eagerly, so no batch size recompiles it.
     # Inductor leaves RoPE's complex multiply to eager kernels and warns; everything around it still fuses.
     warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
-    ddp_model = torch.compile(model) if d.compile else model
+    ddp_model = torch.compile(model) if compiles(d, device) else model
     ddp_model = DDP(ddp_model, **no_sync_buffers) if world > 1 and not d.fsdp else ddp_model
 
     def dit_loss(m, micro):
@@ -619,6 +620,8 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
             ckpt = state(step + 1)
             if rank == 0:
                 save_checkpoint(path, ckpt)
+                if d.keep_checkpoints and not stop:
+                    save_checkpoint(os.path.join(cfg.out_dir, f"dit_{step + 1:06d}.pt"), ckpt)
         if stop:
             stop_here(step, path, logger)
         if rank == 0 and ((step + 1) % d.sample_every == 0 or done):
@@ -630,6 +633,17 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
             logger.print(f"step {step + 1}: samples of {len(d.prompts)} prompts in {gif}")
     logger.bar.close()
     barrier()
+
+
+def compiles(d, device):
+    """dit.compile: true, false, or auto: compile where it was measured to pay (docs/speed.md), on CUDA or on a
+    CPU with native bf16 (AVX512-BF16, AMX) and a C++ compiler for inductor; on an AVX2-only CPU in fp32,
+    compiling a step's shapes took minutes of a 15-minute run. FSDP and sequence parallelism run eagerly."""
+    if d.compile != "auto":
+        return d.compile == "true"
+    if d.fsdp or d.sequence_parallel > 1:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and native_bf16(device) and shutil.which("c++") is not None)
 
 
 # ----------------------------------------------------------------------------- main
@@ -655,11 +669,12 @@ def main(argv=None):
     STOP["signal"] = None
     end = begin + 60 * cfg.budget_minutes if cfg.budget_minutes else None  # the whole run's deadline
     try:
-        if args.stage in ("all", "vae"):
+        if args.stage in ("all", "vae"):  # a step count given on the command line is trained as given
             share = cfg.budget_vae if args.stage == "all" else 1.0
-            train_vae(cfg, rank, world, device, args.resume, end and begin + share * (end - begin))
+            deadline = None if "vae.steps" in args.given else end and begin + share * (end - begin)
+            train_vae(cfg, rank, world, device, args.resume, deadline)
         if args.stage in ("all", "dit"):
-            train_dit(cfg, rank, world, device, args.resume, end)
+            train_dit(cfg, rank, world, device, args.resume, None if "dit.steps" in args.given else end)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

@@ -107,7 +107,7 @@ class DiTConfig:
     lr: float = 5e-4
     warmup: int = 200
     steps: int = 2000
-    compile: bool = False            # torch.compile the training step: ~80 s once on a 2-core CPU, then faster steps
+    compile: str = "false"           # torch.compile the training step: true | false | auto (where it pays, train.py)
     lr_decay: float = 1.0            # fraction of the steps (after warm-up) spent in the cosine decay; 0 = constant
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
@@ -129,6 +129,7 @@ class DiTConfig:
     images: float = 0.0              # share of each step's token budget spent on captioned images (1 latent frame)
     phases: list[Phase] = field(default_factory=list)  # progressive training; [] = one phase of dit.steps
     ckpt_every: int = 500
+    keep_checkpoints: bool = False   # also keep each checkpoint as OUT/dit_<step>.pt, for step curves
     sample_every: int = 500
     prompts: list[str] = field(default_factory=lambda: [
         "digit 0 is moving up and down", "digit 3 is moving left and right",
@@ -156,7 +157,8 @@ CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", 
            "vae.time_compress_at": ("last", "first"), "vae.norm": ("frame", "clip"), "vae.bottleneck": ("kl", "fsq"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.arch": ("cogvideox", "hunyuan"),
            "dit.attention": ("full", "factorized"), "dit.t_sampling": ("uniform", "logit_normal"),
-           "dit.ddpm_sampler": ("ddim", "ddpm"), "dit.flow_solver": ("euler", "heun")}
+           "dit.ddpm_sampler": ("ddim", "ddpm"), "dit.flow_solver": ("euler", "heun"),
+           "dit.compile": ("false", "true", "auto")}
 RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.images": (0.0, 0.9), "vae.images": (0.0, 0.9),
           "budget_minutes": (0.0, 1e6), "budget_vae": (0.01, 0.99), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
           "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
@@ -177,6 +179,8 @@ def coerce(key, value, kind):
         section = kind()
         merge(section, value, "the config", key + ".")
         return section
+    if kind is str and isinstance(value, bool) and key in CHOICES:  # dit.compile: true, false or auto
+        value = str(value).lower()
     if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
             return float(value)
@@ -223,6 +227,7 @@ def parse_args(argv=None, description=None):
     p.add_argument("--stage", default="all", choices=["all", "vae", "dit"])
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in out_dir")
     args, rest = p.parse_known_args(argv)
+    args.given = set()  # the keys set on the command line: a budget never rescales a step count given there
     cfg = Config()
     try:
         if args.config:
@@ -240,6 +245,7 @@ def parse_args(argv=None, description=None):
             if not flag.startswith("--") or "=" not in flag:
                 raise ValueError(f"cannot parse argument {flag!r}: overrides look like --dit.lr=3e-4")
             key, value = flag[2:].split("=", 1)
+            args.given.add(key)
             *sections, name = key.split(".")
             try:
                 update = {name: yaml.safe_load(value)}
@@ -310,13 +316,13 @@ def check_config(cfg, args, world):
         if n < 1 or world % n:
             fail(f"{key}={n} must divide the {world} rank(s) of this run (torchrun --nproc_per_node)")
     sp = d.sequence_parallel
-    if sp > 1 and (d.objective == "pyramid" or d.compile or d.fsdp or d.attention != "full" or d.heads % sp):
+    if sp > 1 and (d.objective == "pyramid" or d.compile == "true" or d.fsdp or d.attention != "full" or d.heads % sp):
         fail(f"dit.sequence_parallel={sp} needs the flow or ddpm objective, full attention, dit.heads divisible "
              f"by {sp}, and neither dit.compile nor dit.fsdp")
     if d.i2v and d.objective == "pyramid":
         fail("dit.i2v is for the flow and ddpm objectives: the pyramid takes an image as its first history frame "
              "(sample.py --image) without it")
-    if d.fsdp and d.compile:
+    if d.fsdp and d.compile == "true":
         fail("dit.fsdp runs eagerly: set dit.compile=false")
     for key, section, ranks in (("vae", v, world), ("dit", d, world // sp)):  # ranks of one sequence share a batch
         if section.batch_size % (ranks * section.grad_accum):
