@@ -6,28 +6,28 @@ that the diffusion transformer of 02_dit.py learns to generate. Four ideas:
 1. Causal in time. Every 3D conv pads time at the front only, by repeating the first frame,
    so output frame t sees input frames <= t. Frame 0 gets a latent of its own, so an image
    is a 1-frame video and 1 + tc*k frames map to 1 + k latent frames (CogVideoX: tc = 4).
-2. Per-frame normalisation. GroupNorm over (T, H, W) mixes the future into the past:
-   CogVideoX's VAE is not strictly causal for that reason, and its chunked encode differs
-   from the single pass. Normalising each frame on its own makes both exact.
+2. Per-frame normalisation. GroupNorm over (T, H, W) mixes the future into the past: the VAEs
+   of CogVideoX and HunyuanVideo both normalise over the clip, so neither is strictly causal and
+   a chunked encode differs from the single pass. Normalising each frame on its own makes both exact.
 3. Chunks with a conv cache. Each causal conv keeps the last frames of its input for the
-   next chunk, so a long video streams through in pieces and matches the single pass.
-   ContextParallel runs the pieces at once, one per rank, handing those frames from rank to rank.
+   next chunk (ChunkCache), so a long video streams through in pieces and matches the single pass;
+   06_parallel.py runs the pieces at once, one per rank (context parallelism).
 4. Shortcuts around every change of shape (DC-AE, Chen et al. 2025): average when going down,
    repeat when going up, so the convs only learn a residual. DC-AE needs them to train at
    high compression; here they are what lets a CPU budget of a few thousand steps suffice.
 
-Options, to compare the designs the course compares (the defaults are the above): time_compress_at="first"
-compresses time in the encoder's first, full-resolution levels (CogVideoX) instead of its last (HunyuanVideo);
-norm="clip" normalises over the whole clip as CogVideoX ships it, with the leak 2. describes; bottleneck="fsq"
-replaces the Gaussian with finite scalar quantization (Mentzer et al. 2023): every latent channel rounded to one
-of fsq_levels values, so every latent position is one token of a prod(fsq_levels) codebook.
+Options, to compare the designs the course compares (the defaults are the above): where time is compressed
+and expanded (time_compress_at, time_expand_at: CogVideoX changes time in the first levels of the encoder and
+of the decoder, HunyuanVideo in the last of each); norm="clip", GroupNorm over the whole clip as both papers
+ship it, with the leak 2. describes; bottleneck="fsq" replaces the Gaussian with finite scalar quantization
+(Mentzer et al. 2023): every latent channel rounded to one of fsq_levels values, so every latent position is
+one token of a prod(fsq_levels) codebook.
 
     python 01_vae.py    # trains a small VAE on Moving MNIST on CPU, prints PSNR, writes a GIF
 """
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
@@ -36,10 +36,9 @@ from einops import rearrange
 class CausalConv3d(nn.Module):
     """Conv3d padded causally in time (repeating frame 0) and with zeros in space.
 
-    With a `cache` it streams: every chunk after the first is front-padded with the last
-    k_t - s_t padded input frames of the chunk before, exactly the frames a single pass would see.
-    `cache` is a dict (chunks, one process) or a ContextParallel (pieces, one per rank); both answer
-    `cache.get(conv, start)`, the frames before x, and take `cache[conv] = tail` for the next piece.
+    With a `cache` (ChunkCache, or 06_parallel's ContextParallel) it streams: a piece of the video after the first
+    is front-padded with the last k_t - s_t padded input frames of the piece before, exactly the frames a single
+    pass would see, so the pieces' outputs joined equal the single pass.
     """
 
     def __init__(self, cin, cout, kernel=3, stride=1):
@@ -47,17 +46,37 @@ class CausalConv3d(nn.Module):
         kt, kh, kw = (kernel,) * 3 if isinstance(kernel, int) else kernel
         st, sh, sw = (stride,) * 3 if isinstance(stride, int) else stride
         self.front = kt - 1   # frames of padding at the start of the video
-        self.keep = kt - st   # frames the next chunk needs from this one
+        self.keep = kt - st   # frames the next piece needs from this one
         self.conv = nn.Conv3d(cin, cout, (kt, kh, kw), stride=(st, sh, sw), padding=(0, kh // 2, kw // 2))
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
         front = x[:, :, :1].expand(-1, -1, self.front, -1, -1)  # start of the video: repeat frame 0
         if cache is not None:
-            front = cache.get(self, front)  # unless a piece came before: its last `keep` frames
+            front = cache.front(self, front)  # unless a piece came before: its last `keep` frames
         x = torch.cat([front, x], dim=2)
         if cache is not None:
-            cache[self] = x[:, :, x.shape[2] - self.keep:]
+            cache.keep(self, x[:, :, x.shape[2] - self.keep:])
         return self.conv(x)
+
+
+class ChunkCache:
+    """The cache protocol of the causal convs, for one video streamed through in chunks by one process:
+    front(conv, first) gives the frames before this chunk (`first`, frame 0 repeated, if it starts the video),
+    keep(conv, tail) stores a conv's last input frames for the next chunk, starts_video(conv) tells the
+    up- and downsamplers whether frame 0 is in this chunk. 06_parallel.ContextParallel answers the same three
+    calls with the frames of the previous rank's piece instead."""
+
+    def __init__(self):
+        self.tails = {}
+
+    def front(self, conv, first):
+        return self.tails.get(conv, first)
+
+    def keep(self, conv, tail):
+        self.tails[conv] = tail
+
+    def starts_video(self, conv):
+        return conv not in self.tails
 
 
 class FrameNorm(nn.GroupNorm):
@@ -96,7 +115,7 @@ class Downsample(nn.Module):
         self.conv = CausalConv3d(channels, channels, 3, stride=(2 if time else 1, 2, 2))
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
-        at_start = cache is None or self.conv not in cache  # nothing cached yet: this chunk starts the video
+        at_start = cache is None or cache.starts_video(self.conv)
         skip = F.avg_pool3d(x, (1, 2, 2))
         if self.time:
             first, rest = (skip[:, :, :1], skip[:, :, 1:]) if at_start else (skip[:, :, :0], skip)
@@ -117,7 +136,7 @@ class Upsample(nn.Module):
         self.conv = CausalConv3d(channels, channels, 3)
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
-        at_start = cache is None or self.conv not in cache
+        at_start = cache is None or cache.starts_video(self.conv)
         x = F.interpolate(x, scale_factor=(2 if self.time else 1, 2, 2), mode="nearest")
         if self.time and at_start:
             x = x[:, :, 1:]
@@ -156,7 +175,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, out_channels, channels, latent_channels, layers_per_block, time_at, patch, norm):
+    def __init__(self, out_channels, channels, latent_channels, layers_per_block, time_up, patch, norm):
         super().__init__()
         self.patch, self.out_channels = patch, out_channels
         self.conv_in = CausalConv3d(latent_channels, channels[-1])
@@ -165,8 +184,8 @@ class Decoder(nn.Module):
         for i in reversed(range(len(channels))):
             for j in range(layers_per_block):
                 self.blocks.append(ResBlock(channels[min(i + 1, n)] if j == 0 else channels[i], channels[i], norm))
-            if i > 0:  # the mirror of the encoder's Downsample i - 1
-                self.blocks.append(Upsample(channels[i], time=time_at[i - 1]))
+            if i > 0:  # upsampling n - i of n, counted from the lowest resolution
+                self.blocks.append(Upsample(channels[i], time=time_up[n - i]))
         self.norm_out = norm(8, channels[0])
         self.conv_out = CausalConv3d(channels[0], out_channels * patch * patch)
 
@@ -255,62 +274,16 @@ class Quantized:
         return self.mean.new_zeros(self.mean.shape[0])
 
 
-class ContextParallel:
-    """Context parallelism (CogVideoX): each rank of a process group holds one consecutive piece of the time
-    axis and they encode or decode at once. Passed where the chunked path passes its `cache` dict: the halo
-    is the same, each causal conv's last k_t - s_t input frames, but it comes from rank r - 1 instead of from
-    the chunk before. All ranks run the same layers in the same order, so the i-th send of rank r meets the
-    i-th recv of rank r + 1, and rank 0 receives nothing: the chain cannot deadlock. Forward only: send
-    and recv carry no gradient, which is all that encoding data and decoding samples need."""
-
-    def __init__(self, group=None):  # None: the default group, all ranks
-        self.group, self.rank, self.world = group, dist.get_rank(group), dist.get_world_size(group)
-
-    def __contains__(self, conv):  # asked by Downsample/Upsample: only rank 0's piece starts the video
-        return self.rank > 0
-
-    def get(self, conv, start):  # the frames before this rank's piece: rank r - 1's tail of the same conv
-        if self.rank == 0:
-            return start
-        front = start.new_empty(start.shape[:2] + (conv.keep,) + start.shape[3:])
-        dist.recv(front, group_src=self.rank - 1, group=self.group)
-        return front
-
-    def __setitem__(self, conv, tail):  # after the recv: a piece shorter than `keep` hands on received frames
-        if self.rank < self.world - 1:
-            dist.send(tail.contiguous(), group_dst=self.rank + 1, group=self.group)
-
-    def split(self, x, tc):
-        """This rank's piece of x (B, C, 1 + tc*k, H, W), cut on latent frames as chunked encode cuts: rank 0 gets
-        1 + tc*k_0 frames, rank r > 0 tc*k_r, k_r >= 1. tc: vae.time_compression for videos, 1 for latents."""
-        k, world = (x.shape[2] - 1) // tc, self.world
-        if (x.shape[2] - 1) % tc or k < world - 1:
-            raise ValueError(f"cannot cut {x.shape[2]} frames into 1 + {tc}k_0, {tc}k_1, ... frames with k_r >= 1 "
-                             f"for {world} ranks")
-        # k as even as it goes; rank 0 holds frame 0 on top of its share, so it gets the smaller one
-        ks = [k // world + (r >= world - k % world) for r in range(world)]
-        start = 0 if self.rank == 0 else 1 + tc * sum(ks[:self.rank])
-        return x[:, :, start:1 + tc * sum(ks[:self.rank + 1])]
-
-    def gather(self, piece):
-        """Every rank's piece, joined in time. all_gather wants one shape: gather the lengths, pad, trim."""
-        sizes = [torch.zeros(1, dtype=torch.long, device=piece.device) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([piece.shape[2]], device=piece.device), group=self.group)
-        sizes = [int(n) for n in sizes]
-        padded = F.pad(piece, (0, 0, 0, 0, 0, max(sizes) - piece.shape[2])).contiguous()
-        pieces = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(pieces, padded, group=self.group)
-        return torch.cat([p[:, :, :n] for p, n in zip(pieces, sizes)], dim=2)
-
-
 class CausalVAE(nn.Module):
     """Causal 3D VAE. Space compression patch * 2 ** (len(channels) - 1); time compression a power
     of two, done in the last (or first) log2(time_compression) downsamplings. Options: module docstring."""
 
     def __init__(self, in_channels=1, channels=(32, 64, 128), latent_channels=16, layers_per_block=1,
-                 time_compression=4, patch=2, time_compress_at="last", norm="frame", bottleneck="kl", fsq_levels=5):
+                 time_compression=4, patch=2, time_compress_at="last", time_expand_at="first", norm="frame",
+                 bottleneck="kl", fsq_levels=5):
         super().__init__()
         for name, value, allowed in (("time_compress_at", time_compress_at, ("last", "first")),
+                                     ("time_expand_at", time_expand_at, ("last", "first")),
                                      ("norm", norm, ("frame", "clip")), ("bottleneck", bottleneck, ("kl", "fsq"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -330,17 +303,19 @@ class CausalVAE(nn.Module):
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.time_compression = time_compression
         self.space_compression = patch * 2 ** (len(channels) - 1)
-        # Downsample i halves time too if time_at[i]: in the encoder's first levels, at full resolution (CogVideoX),
-        # or in its last, cheapest ones (HunyuanVideo). Upsample i mirrors Downsample i - 1; the shipped decoders
-        # do not mirror: CogVideoX's doubles time in its first upsamplings, HunyuanVideo's in its last, so the
-        # default pairs HunyuanVideo's encoder with CogVideoX's decoder.
-        time_at = [i < time_levels if time_compress_at == "first" else i >= n - time_levels for i in range(n)]
+        # Where time changes, counted from each side's full resolution (encoder) or lowest one (decoder):
+        # CogVideoX compresses in the encoder's first levels and expands in the decoder's first (first, first);
+        # HunyuanVideo in the encoder's last, deepest levels and the decoder's last (last, last). The default
+        # (last, first) mirrors: time changes at the lowest resolutions on both sides, where it is cheapest.
+        # With as many time levels as levels (tiny.yaml: one of each) all four are the same network.
+        time_down = [i < time_levels if time_compress_at == "first" else i >= n - time_levels for i in range(n)]
+        time_up = [j < time_levels if time_expand_at == "first" else j >= n - time_levels for j in range(n)]
         # "clip": nn.GroupNorm over (C / groups, T, H, W), FrameNorm's parent, so the weights are named alike
         norm_layer = FrameNorm if norm == "frame" else nn.GroupNorm
         self.fsq = FSQ(levels) if bottleneck == "fsq" else None
-        self.encoder = Encoder(in_channels, channels, latent_channels, layers_per_block, time_at, patch, norm_layer,
+        self.encoder = Encoder(in_channels, channels, latent_channels, layers_per_block, time_down, patch, norm_layer,
                                moments=2 if self.fsq is None else 1)
-        self.decoder = Decoder(in_channels, channels, latent_channels, layers_per_block, time_at, patch, norm_layer)
+        self.decoder = Decoder(in_channels, channels, latent_channels, layers_per_block, time_up, patch, norm_layer)
         # 1 / std of the latents, measured after training so that the DiT sees unit variance (LDM)
         self.register_buffer("scaling_factor", torch.tensor(1.0))
 
@@ -352,57 +327,52 @@ class CausalVAE(nn.Module):
         if first and (t - 1) % tc:
             allowed = ", ".join(str(1 + tc * k) for k in range(5))
             raise ValueError(f"this VAE takes 1 + {tc}k frames ({allowed}, ...), got {t}")
-        if not first and (t % tc or t == 0):  # a context-parallel piece after the first has no frame 0
+        if not first and (t % tc or t == 0):  # a piece after the first has no frame 0
             raise ValueError(f"a piece after the first takes {tc}k frames, k >= 1, got {t}")
         if h % s or w % s:
             raise ValueError(f"height and width must be divisible by the spatial compression {s}, got {h}x{w}")
 
-    @staticmethod
-    def check_pieces(chunk, parallel):
-        if chunk is not None and chunk < 1:
-            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
-        if parallel is not None and (chunk is not None or torch.is_grad_enabled()):
-            raise ValueError("context-parallel encode/decode takes no chunk and runs under torch.no_grad() "
-                             "(send and recv carry no gradient)")
-
-    def encode(self, x, chunk=None, parallel=None):
+    def encode(self, x, chunk=None, cache=None):
         """x (B, C, 1 + tc*k, H, W) in [-1, 1] -> posterior over (B, c, 1 + k, H/s, W/s): a DiagonalGaussian,
         or with bottleneck="fsq" a Quantized one (the same mode/sample/kl, on FSQ's grid).
 
-        chunk (latent frames): stream the video in pieces of chunk * tc frames (the first piece
-        also gets frame 0), passing each causal conv's last frames on in `cache`. Same result, with
-        memory set by the chunk instead of the video length. parallel: a ContextParallel, the
-        multi-process form of the same (CogVideoX's context parallelism): x is this rank's piece,
-        parallel.split(video, tc), and so is the posterior; parallel.gather joins the pieces.
-        With norm="clip" both run but are approximate, each piece normalised with its own statistics as in
-        CogVideoX's chunked encode (its context parallelism gathers the clip for every GroupNorm instead): left
-        running, not refused, so that the gap can be measured. decode() likewise.
+        chunk (latent frames): stream the video in pieces of chunk * tc frames (the first piece also gets
+        frame 0) through a ChunkCache. Same result, with memory set by the chunk instead of the video length.
+        cache: x is one piece of a longer video and cache holds what came before it (a ChunkCache, or
+        06_parallel's ContextParallel, where the piece before is another rank's). With norm="clip" both run
+        but are approximate, each piece normalised with its own statistics as in CogVideoX's chunked encode
+        (its context parallelism gathers the clip for every GroupNorm instead): left running, not refused, so
+        that the gap can be measured. decode() likewise.
         """
-        self.check_video(x, first=parallel is None or parallel.rank == 0)
-        self.check_pieces(chunk, parallel)
-        if chunk is None:  # with parallel, each causal conv's front padding arrives from rank - 1
-            moments = self.encoder(x, parallel)
+        self.check_video(x, first=cache is None or cache.starts_video(self.encoder.conv_in))
+        if chunk is None:
+            moments = self.encoder(x, cache)
         else:
-            n, cache = chunk * self.time_compression, {}
+            if chunk < 1:
+                raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
+            n, cache = chunk * self.time_compression, ChunkCache()
             pieces = [x[:, :, :1 + n]] + [p for p in x[:, :, 1 + n:].split(n, dim=2) if p.shape[2]]
             moments = torch.cat([self.encoder(piece, cache) for piece in pieces], dim=2)
         moments = moments.float()  # (B, 2c, t, h, w): mean and log-variance; (B, c, t, h, w) for FSQ
         return DiagonalGaussian(*moments.chunk(2, dim=1)) if self.fsq is None else Quantized(self.fsq(moments))
 
-    def decode(self, z, chunk=None, parallel=None):
-        """z (B, c, 1 + k, h, w) -> video (B, C, 1 + tc*k, h*s, w*s); chunk and parallel as in encode
-        (with parallel, z is this rank's piece of the latents, parallel.split(z, 1))."""
+    def decode(self, z, chunk=None, cache=None):
+        """z (B, c, 1 + k, h, w) -> video (B, C, 1 + tc*k, h*s, w*s); chunk and cache as in encode. An FSQ
+        latent is first snapped to the grid (a DiT's output is not on it), as the decoder saw nothing else."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
             raise ValueError(f"expected latents (B, {self.latent_channels}, t, h, w), got shape {tuple(z.shape)}")
-        self.check_pieces(chunk, parallel)
+        if self.fsq is not None:
+            z = self.fsq.dequantize(self.fsq.codes(z)).to(z.dtype)
         if chunk is None:
-            return self.decoder(z, parallel)
-        cache = {}
+            return self.decoder(z, cache)
+        if chunk < 1:
+            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
+        cache = ChunkCache()
         return torch.cat([self.decoder(piece, cache) for piece in z.split(chunk, dim=2)], dim=2)
 
-    def forward(self, x, generator=None):
+    def forward(self, x, generator=None):  # training: the decoder itself, as FSQ's sample is on its grid already
         posterior = self.encode(x)
-        return self.decode(posterior.sample(generator)), posterior
+        return self.decoder(posterior.sample(generator)), posterior
 
     @property
     def last_layer(self):
@@ -503,12 +473,14 @@ if __name__ == "__main__":
     import os
     import time
 
+    from data.config import native_bf16
     from data.moving_mnist import MovingMNIST, save_gif
+    from data.schedule import lr_at
 
     torch.manual_seed(0)
     # bf16 autocast where the CPU has bf16 in hardware (AVX512-BF16 or AMX): about 2 minutes for 1200 steps, and
     # 4000 steps (7 minutes) reach ~28 dB. Emulated bf16 is far slower than fp32, so elsewhere fp32 and fewer steps.
-    bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    bf16 = native_bf16(torch.device("cpu"))
     steps, batch, lr = 1200 if bf16 else 400, 2, 1e-3
     vae = CausalVAE(channels=(64, 128), latent_channels=16, patch=4, time_compression=2)
     loss_fn = VAELoss(l2_weight=1.0, kl_weight=1e-6)
@@ -522,8 +494,8 @@ if __name__ == "__main__":
     start = time.time()
     for step in range(steps):
         x = torch.stack([train[step * batch + i][0] for i in range(batch)])  # (B, 1, 9, 64, 64)
-        for group in opt.param_groups:  # linear warmup, then cosine decay to 10%
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, lr, 50, steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             recon, posterior = vae(x)
             loss, logs = loss_fn(x, recon, posterior, step)

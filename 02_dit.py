@@ -16,7 +16,7 @@ qk-norm keeps the attention logits bounded.
 
 For later files: `attention="factorized"` (spatial then temporal attention, the design CogVideoX argues
 against), `history=` and `causal=True` for Pyramid Flow's autoregressive temporal pyramid (05), activation
-checkpointing, and `sp_group=` for Ulysses sequence parallelism (ulysses_attention) across processes.
+checkpointing, and DiT.parallel, where 06_parallel.py's Ulysses attention splits the tokens over processes.
 
     python 02_dit.py [--arch hunyuan]   # overfits 8 captioned random latents with a flow-matching loss, prints
                                         # the loss curve, samples them back -> runs/demo/dit_samples.png
@@ -27,7 +27,6 @@ import os
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
@@ -56,9 +55,9 @@ def modulation(dim, n):
     return nn.Sequential(nn.SiLU(), linear)
 
 
-def mlp(dim, ratio):
+def mlp(dim, ratio, act=nn.GELU):
     # exact (erf) GELU, not CogVideoX's tanh approximation: in bf16 on a CPU its kernel is 2x faster
-    return nn.Sequential(nn.Linear(dim, ratio * dim), nn.GELU(), nn.Linear(ratio * dim, dim))
+    return nn.Sequential(nn.Linear(dim, ratio * dim), act(), nn.Linear(ratio * dim, dim))
 
 
 def patchify(x, p, pt):
@@ -169,58 +168,13 @@ def factorized_attention(q, k, v, attn_mask, n_text, frames, axis):
     return torch.cat([text, video.flatten(2, 3)], dim=2)                    # (B, heads, S, head_dim)
 
 
-class AllToAll(torch.autograd.Function):
-    """Cut x into W equal pieces along scatter_dim, send piece j to rank j of `group`, and concatenate the W
-    pieces that arrive, in rank order, along gather_dim. Its gradient is the reverse all-to-all."""
-
-    @staticmethod
-    def forward(ctx, x, scatter_dim, gather_dim, group):
-        ctx.dims, ctx.group = (gather_dim, scatter_dim), group
-        pieces = [p.contiguous() for p in x.chunk(dist.get_world_size(group), scatter_dim)]
-        received = [torch.empty_like(p) for p in pieces]
-        dist.all_to_all(received, pieces, group=group)
-        return torch.cat(received, gather_dim)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return AllToAll.apply(grad, *ctx.dims, ctx.group), None, None, None
-
-
-def all_gather(x, dim, group):
-    """Every rank's x, concatenated in rank order along dim: an all-to-all of W copies of x, so that autograd
-    sums the W ranks' gradients of this x (gloo has no reduce-scatter, the usual backward of an all-gather)."""
-    return AllToAll.apply(torch.cat([x] * dist.get_world_size(group), dim), dim, dim, group)
-
-
-def ulysses_attention(q, k, v, attn_mask, group, n_text=0):
-    """Ulysses sequence parallelism (DeepSpeed-Ulysses; HunyuanVideo, Pyramid Flow): full attention while each of
-    the W ranks of `group` holds 1/W of the video tokens. q, k, v (B, heads, n_text + N/W, head_dim): the caption,
-    which every rank holds whole (it is short, and every video query needs all of it), then this rank's N/W
-    video tokens. An all-to-all trades sequence shards for head shards, all N video tokens of heads/W heads;
-    their caption part is cut from the local copy, which sending would only duplicate. After attention, the
-    reverse all-to-all gives back this rank's video tokens with all heads, and an all-gather over heads the
-    whole caption output, which keeps the caption identical on every rank. attn_mask: the full sequence's."""
-    world, rank, heads = dist.get_world_size(group), dist.get_rank(group), q.shape[1]
-    if heads % world:
-        raise ValueError(f"Ulysses attention splits the {heads} heads over the {world} ranks of the group: "
-                         f"heads must be divisible by the world size")
-    mine = slice(rank * heads // world, (rank + 1) * heads // world)
-
-    def full_sequence(z):  # (B, heads, L + N/W, hd) -> (B, heads/W, L + N, hd)
-        return torch.cat([z[:, mine, :n_text], AllToAll.apply(z[:, :, n_text:], 1, 2, group)], dim=2)
-
-    out = attention(full_sequence(q), full_sequence(k), full_sequence(v), attn_mask)  # (B, heads/W, L + N, hd)
-    text = all_gather(out[:, :, :n_text], 1, group)                         # (B, heads, L, hd)
-    return torch.cat([text, AllToAll.apply(out[:, :, n_text:], 2, 1, group)], dim=2)  # (B, heads, L + N/W, hd)
-
-
-def attend(q, k, v, attn_mask=None, rope=None, n_text=0, frames=1, group=None, axis="full"):
-    """Rotate q and k (B, heads, S, head_dim) by rope, attend, merge the heads -> (B, S, D). The arguments are
-    Attention's, which HunyuanVideo's blocks share with it."""
+def attend(q, k, v, attn_mask=None, rope=None, n_text=0, frames=1, axis="full", parallel=None):
+    """Rotate q and k (B, heads, S, head_dim) by rope, attend, merge the heads -> (B, S, D). Every block's
+    attention goes through here. parallel: 06_parallel's Ulysses, when the sequence is split over ranks."""
     if rope is not None:
         q, k = apply_rope(q, rope), apply_rope(k, rope)
-    if group is not None:
-        out = ulysses_attention(q, k, v, attn_mask, group, n_text)
+    if parallel is not None:
+        out = parallel.attention(q, k, v, attn_mask, n_text)
     elif axis == "full":
         out = attention(q, k, v, attn_mask)                                 # (B, heads, S, head_dim)
     else:
@@ -247,8 +201,8 @@ class Attention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.axis = heads, axis
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = qk_norm(dim // heads, eps=1e-6)
-        self.k_norm = qk_norm(dim // heads, eps=1e-6)
+        self.q_norm = qk_norm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = qk_norm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def heads_of(self, x):
@@ -256,12 +210,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
         return self.q_norm(q), self.k_norm(k), v
 
-    def forward(self, x, attn_mask=None, rope=None, n_text=0, frames=1, group=None):
+    def forward(self, x, attn_mask=None, rope=None, n_text=0, frames=1, parallel=None):
         """x (B, S, D); attn_mask bool (B, 1, S or 1, S), True = may attend; rope angles (S, head_dim/2).
-        Factorized attention also needs n_text (the caption comes first) and the number of video frames.
-        group: x holds the caption and this rank's video shard, rope its angles, attn_mask the full sequence's
-        (ulysses_attention, full attention only)."""
-        return self.proj(attend(*self.heads_of(x), attn_mask, rope, n_text, frames, group, self.axis))  # (B, S, D)
+        Factorized attention also needs n_text (the caption comes first) and the number of video frames."""
+        return self.proj(attend(*self.heads_of(x), attn_mask, rope, n_text, frames, self.axis, parallel))  # (B, S, D)
 
 
 class ExpertBlock(nn.Module):
@@ -278,16 +230,16 @@ class ExpertBlock(nn.Module):
         self.mlp = mlp(dim, mlp_ratio)
         self.adaLN = modulation(dim, 12)
 
-    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, sp_group=None):
+    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, parallel=None):
         """text (B, L, D), video (B, N, D), emb (B, D) timestep embedding -> updated (text, video).
-        rope, attn_mask, frames and sp_group are for the joint sequence [text; video] (see Attention)."""
+        rope, attn_mask and frames are for the joint sequence [text; video] (see Attention)."""
         text_mod, video_mod = self.adaLN(emb)[:, None].chunk(2, dim=-1)      # (B, 1, 6D) each
         txt_shift_a, txt_scale_a, txt_gate_a, txt_shift_m, txt_scale_m, txt_gate_m = text_mod.chunk(6, dim=-1)
         vid_shift_a, vid_scale_a, vid_gate_a, vid_shift_m, vid_scale_m, vid_gate_m = video_mod.chunk(6, dim=-1)
         L = text.shape[1]
         h = torch.cat([modulate(self.norm1(text), txt_shift_a, txt_scale_a),
                        modulate(self.norm1(video), vid_shift_a, vid_scale_a)], dim=1)   # (B, L + N, D)
-        h = self.attn(h, attn_mask, rope, L, frames, sp_group)
+        h = self.attn(h, attn_mask, rope, L, frames, parallel)
         text, video = text + txt_gate_a * h[:, :L], video + vid_gate_a * h[:, L:]
         text = text + txt_gate_m * self.mlp(modulate(self.norm2(text), txt_shift_m, txt_scale_m))
         video = video + vid_gate_m * self.mlp(modulate(self.norm2(video), vid_shift_m, vid_scale_m))
@@ -307,8 +259,8 @@ class DualStreamBlock(nn.Module):
                                                     mlp=mlp(dim, mlp_ratio), adaLN=modulation(dim, 6)))
                                  for _ in range(2))
 
-    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, sp_group=None):
-        """As ExpertBlock's; frames is unused (factorized attention is CogVideoX's ablation)."""
+    def forward(self, text, video, emb, rope=None, attn_mask=None, parallel=None):
+        """As ExpertBlock's (full attention only: factorized attention is CogVideoX's ablation)."""
         txt_shift_a, txt_scale_a, txt_gate_a, txt_shift_m, txt_scale_m, txt_gate_m = \
             self.text.adaLN(emb)[:, None].chunk(6, dim=-1)                  # (B, 1, D) each
         vid_shift_a, vid_scale_a, vid_gate_a, vid_shift_m, vid_scale_m, vid_gate_m = \
@@ -317,7 +269,7 @@ class DualStreamBlock(nn.Module):
         vid_qkv = self.video.attn.heads_of(modulate(self.norm(video), vid_shift_a, vid_scale_a))
         q, k, v = (torch.cat(pair, dim=2) for pair in zip(txt_qkv, vid_qkv))  # (B, heads, L + N, head_dim)
         L = text.shape[1]
-        h = attend(q, k, v, attn_mask, rope, L, group=sp_group)             # (B, L + N, D)
+        h = attend(q, k, v, attn_mask, rope, L, parallel=parallel)          # (B, L + N, D)
         text = text + txt_gate_a * self.text.attn.proj(h[:, :L])
         video = video + vid_gate_a * self.video.attn.proj(h[:, L:])
         text = text + txt_gate_m * self.text.mlp(modulate(self.norm(text), txt_shift_m, txt_scale_m))
@@ -341,15 +293,15 @@ class SingleStreamBlock(nn.Module):
         self.linear2 = nn.Linear((1 + mlp_ratio) * dim, dim)                # attention's and the MLP's output
         self.adaLN = modulation(dim, 3)
 
-    def forward(self, text, video, emb, rope=None, attn_mask=None, frames=1, sp_group=None):
-        """As ExpertBlock's, so that both archs run one loop of blocks: text and video are joined here and split
-        again after the block (a copy of x per block, small beside linear1)."""
+    def forward(self, text, video, emb, rope=None, attn_mask=None, parallel=None):
+        """As DualStreamBlock's, so that both archs run one loop of blocks: text and video are joined here and
+        split again after the block (a copy of x per block, small beside linear1)."""
         L = text.shape[1]
         x = torch.cat([text, video], dim=1)                                 # (B, L + N, D)
         shift, scale, gate = self.adaLN(emb)[:, None].chunk(3, dim=-1)      # (B, 1, D) each
         qkv, h = self.linear1(modulate(self.norm(x), shift, scale)).split(self.widths, dim=-1)
         q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L + N, hd)
-        attn = attend(self.q_norm(q), self.k_norm(k), v, attn_mask, rope, L, group=sp_group)  # (B, L + N, D)
+        attn = attend(self.q_norm(q), self.k_norm(k), v, attn_mask, rope, L, parallel=parallel)  # (B, L + N, D)
         x = x + gate * self.linear2(torch.cat([attn, F.gelu(h)], dim=-1))
         return x[:, :L], x[:, L:]
 
@@ -365,21 +317,6 @@ class TextLayer(nn.Module):
     def forward(self, x, attn_mask):
         x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
-
-
-class RefinerLayer(TextLayer):
-    """A layer of HunyuanVideo's token refiner: a TextLayer whose updates x += gate * f(LN(x)) are gated from
-    emb (timestep + pooled caption), the gates zero-initialised. HunyuanVideo refines a frozen MLLM's tokens
-    for the DiT; here the refiner lets the caption tokens depend on the noise level."""
-
-    def __init__(self, dim, heads, mlp_ratio=4):
-        super().__init__(dim, heads, mlp_ratio)
-        self.adaLN = modulation(dim, 2)
-
-    def forward(self, x, attn_mask, emb):
-        gate_a, gate_m = self.adaLN(emb)[:, None].chunk(2, dim=-1)          # (B, 1, D) each
-        x = x + gate_a * self.attn(self.norm1(x), attn_mask)
-        return x + gate_m * self.mlp(self.norm2(x))
 
 
 class TextEncoder(nn.Module):
@@ -398,17 +335,51 @@ class TextEncoder(nn.Module):
 
     def forward(self, ids, mask):
         """ids (B, L) long, mask (B, L) bool True on real tokens -> (B, L, dim)."""
-        if ids.dim() != 2 or ids.shape != mask.shape or ids.shape[1] > len(self.pos):
-            raise ValueError(f"ids and mask must both be (B, L <= {len(self.pos)}), "
-                             f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
         if not mask.any(dim=1).all():
             raise ValueError("a caption mask is all False, so its queries have nothing to attend to; "
                              "the null caption is all PAD with mask True at position 0")
         x = self.tok(ids) + self.pos[:ids.shape[1]]                         # (B, L, dim)
-        keep = mask[:, None, None, :]                                       # (B, 1, 1, L): keys that may be attended
         for layer in self.layers:
-            x = layer(x, keep)
+            x = layer(x, mask[:, None, None, :])                            # keys (B, 1, 1, L) that may be attended
         return self.norm(x)
+
+
+class RefinerLayer(nn.Module):
+    """A layer of HunyuanVideo's token refiner (its IndividualTokenRefinerBlock): pre-LN, no qk-norm, a SiLU MLP,
+    and each update gated from the refiner's conditioning c, x += gate * f(LN(x)), the gates zero-initialised."""
+
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads, qk_norm=None)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), mlp(dim, mlp_ratio, nn.SiLU)
+        self.adaLN = modulation(dim, 2)
+
+    def forward(self, x, attn_mask, c):
+        gate_a, gate_m = self.adaLN(c)[:, None].chunk(2, dim=-1)            # (B, 1, D) each
+        x = x + gate_a * self.attn(self.norm1(x), attn_mask)
+        return x + gate_m * self.mlp(self.norm2(x))
+
+
+class TokenRefiner(nn.Module):
+    """HunyuanVideo's token refiner (its SingleTokenRefiner), which re-reads the caption at this noise level before
+    the DiT sees it. It has its own conditioning, c = t embedder(t) + context embedder(masked mean of its input
+    tokens), an input projection, then two RefinerLayers. HunyuanVideo refines a frozen MLLM's tokens, here the
+    small text encoder's."""
+
+    def __init__(self, dim, heads, mlp_ratio=4, depth=2):
+        super().__init__()
+        self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.c_embed = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.proj_in = nn.Linear(dim, dim)
+        self.layers = nn.ModuleList(RefinerLayer(dim, heads, mlp_ratio) for _ in range(depth))
+
+    def forward(self, text, mask, t):
+        pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, D) mean of the real tokens
+        c = self.t_embed(timestep_embedding(t)) + self.c_embed(pooled)      # (B, D)
+        x = self.proj_in(text)                                              # (B, L, D)
+        for layer in self.layers:
+            x = layer(x, mask[:, None, None, :], c)
+        return x
 
 
 class DiT(nn.Module):
@@ -417,105 +388,73 @@ class DiT(nn.Module):
     CogVideoX's 3D attention over [text; video], "factorized" alternates spatial and temporal blocks (see
     factorized_attention). arch="hunyuan": the token refiner, then double_depth dual-stream and
     depth - double_depth single-stream blocks (full attention only). guidance_embed: forward takes the
-    guidance scale too (HunyuanVideo's guidance-distilled model)."""
+    guidance scale too (HunyuanVideo's guidance-distilled model, 07_distill.py)."""
 
     def __init__(self, in_channels, dim, depth, heads, vocab_size, max_text_len, text_depth, patch=2, patch_t=1,
                  attention="full", mlp_ratio=4, checkpointing=False, image_channels=0, arch="cogvideox",
                  double_depth=None, guidance_embed=False):
         super().__init__()
-        if attention not in ("full", "factorized"):
-            raise ValueError(f"attention must be 'full' or 'factorized', got {attention!r}")
-        if arch not in ("cogvideox", "hunyuan"):
-            raise ValueError(f"arch must be 'cogvideox' or 'hunyuan', got {arch!r}")
+        if attention not in ("full", "factorized") or arch not in ("cogvideox", "hunyuan"):
+            raise ValueError(f"attention must be 'full' or 'factorized' and arch 'cogvideox' or 'hunyuan', "
+                             f"got {attention!r} and {arch!r}")
         if arch == "hunyuan" and attention != "full":
             raise ValueError("attention='factorized' is CogVideoX's ablation: it needs arch='cogvideox'")
-        if arch == "cogvideox" and double_depth is not None:
-            raise ValueError("double_depth counts HunyuanVideo's dual-stream blocks: it needs arch='hunyuan'")
         # HunyuanVideo has 20 dual-stream then 40 single-stream blocks; by default the same 1:2 split, at least
         # one dual. Per block (mlp_ratio 4): expert 24 D^2 weights, dual 36, single 15, on average 22 with the
-        # 1:2 split, plus 28 D^2 for the refiner: at equal dim and depth >= 6, within ~10% of CogVideoX's count
+        # 1:2 split, plus 31 D^2 for the refiner: at equal dim and depth >= 6, within ~10% of CogVideoX's count
         double_depth = max(1, depth // 3) if double_depth is None else double_depth
         if arch == "hunyuan" and not 0 <= double_depth < depth:  # or the last dual block's text update is unused
             raise ValueError(f"double_depth must be in [0, depth = {depth}): at least one single-stream block "
                              f"follows the dual-stream ones, got {double_depth}")
         self.in_channels, self.patch, self.patch_t, self.arch = in_channels, patch, patch_t, arch
         self.attention, self.checkpointing, self.image_channels = attention, checkpointing, image_channels
-        patch_dim = in_channels * patch_t * patch * patch
+        self.parallel = None  # 06_parallel.Ulysses splits the video tokens over ranks when set
         self.text_encoder = TextEncoder(vocab_size, dim, text_depth, heads, max_text_len)
         # image_channels > 0: CogVideoX-I2V's image conditioning, the first frame's latent concatenated to x_t
         # along channels (zeros where no frame is given), so the patch embedding sees both
         self.x_embed = nn.Linear((in_channels + image_channels) * patch_t * patch * patch, dim)
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.text_pool = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        # HunyuanVideo's guidance distillation: the guidance scale w is an input, embedded like t
+        self.g_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim)) if guidance_embed else None
         if arch == "cogvideox":
-            self.rope = RoPE3D(dim // heads)
+            self.rope, self.refiner = RoPE3D(dim // heads), None
             # factorized: spatial and temporal blocks alternate (Latte), each with exactly a full block's weights,
             # so the ablation changes only who attends to whom
             axes = ["full"] * depth if attention == "full" else [("space", "time")[i % 2] for i in range(depth)]
             self.blocks = nn.ModuleList(ExpertBlock(dim, heads, mlp_ratio, axis) for axis in axes)
-            self.refiner = nn.ModuleList()
         else:
             self.rope = RoPE3D(dim // heads, theta=256.0, split="hunyuan")  # HunyuanVideo's theta
+            self.refiner = TokenRefiner(dim, heads, mlp_ratio)
             self.blocks = nn.ModuleList([DualStreamBlock(dim, heads, mlp_ratio) for _ in range(double_depth)] +
                                         [SingleStreamBlock(dim, heads, mlp_ratio) for _ in range(depth - double_depth)])
-            self.refiner = nn.ModuleList(RefinerLayer(dim, heads, mlp_ratio) for _ in range(2))  # 2, as HunyuanVideo
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = modulation(dim, 2)
-        self.final_linear = nn.Linear(dim, patch_dim)
+        self.final_linear = nn.Linear(dim, in_channels * patch_t * patch * patch)
         # adaLN-Zero (DiT): the prediction starts at exactly 0
         nn.init.zeros_(self.final_linear.weight)
         nn.init.zeros_(self.final_linear.bias)
-        # HunyuanVideo's guidance distillation: the classifier-free guidance scale is an input, embedded like t
-        self.g_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim)) if guidance_embed else None
 
-    def forward(self, x, t, ids, mask, history=None, causal=False, sp_group=None, image=None, guidance=None):
+    def forward(self, x, t, ids, mask, history=None, causal=False, image=None, guidance=None):
         """x (B, C, T, H, W) latents; t (B,) timesteps on 0..1000; ids, mask (B, L) the caption.
         history: past latent frames, oldest first, each (B, C, 1, h_j, w_j) with h_j <= H, w_j <= W, put in the
         sequence [text; history; x] (Pyramid Flow's temporal pyramid); it implies causal=True, the
         block-causal mask by latent frame. Returns x's shape: the prediction at x's tokens only.
-        sp_group: Ulysses sequence parallelism over this process group's W ranks. Every rank passes the same
-        inputs and gets the whole prediction; in between, each runs the blocks on 1/W of the video tokens
-        (the caption replicated, see ulysses_attention). Every rank then computes the same loss, and the
-        mean of the ranks' gradients is the single-process gradient (what DDP's averaging does).
         image: with image_channels > 0, the latents of the first k <= T given frames (B, image_channels, k, H, W),
         zero-padded to T frames and concatenated to x (CogVideoX-I2V); None (no image) is all zeros.
-        guidance: with guidance_embed, the guidance scale (B,) that the distilled model imitates (e.g. 6.0)."""
-        history = list(history or [])
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must be latents (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
-        B, C, T, H, W = x.shape
-        if t.shape != (B,):
-            raise ValueError(f"t must hold one timestep per sample, shape ({B},), got {tuple(t.shape)}")
-        for j, h in enumerate(history):
-            if h.dim() != 5 or h.shape[:3] != (B, C, 1) or h.shape[3] > H or h.shape[4] > W:
-                raise ValueError(f"history[{j}] must be one latent frame (B={B}, C={C}, 1, h<={H}, w<={W}), "
-                                 f"got {tuple(h.shape)}")
-        if history and self.patch_t != 1:
-            raise ValueError(f"history frames are single latent frames, so they need patch_t=1, not {self.patch_t}")
+        guidance: with guidance_embed, the guidance scale w (B,) that the distilled model imitates."""
+        history, (B, _, T, H, W) = list(history or []), x.shape
+        if (guidance is None) != (self.g_embed is None) or (image is not None and not self.image_channels):
+            raise ValueError("guidance= goes with guidance_embed=True and image= with image_channels > 0: "
+                             f"this DiT has guidance_embed={self.g_embed is not None}, "
+                             f"image_channels={self.image_channels}")
+        if (causal or history) and self.attention != "full" or history and self.patch_t != 1:
+            raise ValueError("history and causal=True need attention='full', and history patch_t=1 (a frame a token)")
         if self.image_channels:
-            if history:
-                raise ValueError("image conditioning is for the flow and ddpm objectives; the pyramid's history "
-                                 "already carries the given frames")
-            if image is None:
-                image = x.new_zeros(B, self.image_channels, 1, H, W)
-            if image.dim() != 5 or image.shape[:2] != (B, self.image_channels) or image.shape[2] > T \
-                    or image.shape[3:] != (H, W):
-                raise ValueError(f"image must be the latents of the first frames (B={B}, {self.image_channels}, "
-                                 f"k<={T}, {H}, {W}), got {tuple(image.shape)}")
-            x_in = torch.cat([x, F.pad(image.to(x.dtype), (0, 0, 0, 0, 0, T - image.shape[2]))], dim=1)
-        elif image is not None:
-            raise ValueError("this DiT was built without image_channels: it cannot take an image")
+            image = x.new_zeros(B, self.image_channels, 1, H, W) if image is None else image.to(x.dtype)
+            x_in = torch.cat([x, F.pad(image, (0, 0, 0, 0, 0, T - image.shape[2]))], dim=1)
         else:
             x_in = x
-        if self.g_embed is not None and (guidance is None or guidance.shape != (B,)):
-            raise ValueError(f"this DiT was built with guidance_embed: it needs guidance=, one scale per sample "
-                             f"({B},), got {None if guidance is None else tuple(guidance.shape)}")
-        if self.g_embed is None and guidance is not None:
-            raise ValueError("this DiT was built without guidance_embed: it cannot take guidance")
-        causal = causal or bool(history)
-        if (causal or sp_group is not None) and self.attention != "full":
-            raise ValueError("history, causal=True and sp_group need attention='full' "
-                             "(factorized attention is for the CogVideoX ablation)")
 
         p, pt = self.patch, self.patch_t
         tokens = [patchify(h, p, 1) for h in history] + [patchify(x_in, p, pt)]  # (B, n_j, C*pt*p*p) each
@@ -530,31 +469,25 @@ class DiT(nn.Module):
         # every adaLN sees, learned long before attention has found which text token names the digit
         pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, D) mean of the real tokens
         emb = self.t_embed(timestep_embedding(t)) + self.text_pool(pooled)  # (B, D)
-        for layer in self.refiner:  # hunyuan only: the caption re-read at this noise level, padding still hidden
-            text = layer(text, mask[:, None, None, :], emb)
         if self.g_embed is not None:  # the scale w enters as HunyuanVideo's does, at 1000 w on the t scale
             emb = emb + self.g_embed(timestep_embedding(1000 * guidance))
+        if self.refiner is not None:  # hunyuan: the caption re-read at this noise level, padding still hidden
+            text = self.refiner(text, mask, t)
         rope = F.pad(self.rope(pos), (0, 0, text.shape[1], 0))              # (S, head_dim/2): text angle 0, unrotated
         attn_mask = F.pad(mask, (0, video.shape[1]), value=True)[:, None, None, :]  # (B, 1, 1, S): padded text hidden
-        if causal:
-            frame_tokens = [h * w for h, w in grids]
-            attn_mask = attn_mask & block_causal_mask(text.shape[1], frame_tokens, x.device)  # (B, 1, S, S)
-        if sp_group is not None:  # keep this rank's consecutive 1/W of the video tokens, and their RoPE angles
-            world, rank, N, L = dist.get_world_size(sp_group), dist.get_rank(sp_group), video.shape[1], text.shape[1]
-            if N % world:
-                raise ValueError(f"sequence parallelism splits the {N} video tokens over {world} ranks: "
-                                 f"they must be divisible by the world size")
-            mine = slice(rank * N // world, (rank + 1) * N // world)
-            video, rope = video[:, mine], torch.cat([rope[:L], rope[L:][mine]])
+        if causal or history:
+            attn_mask = attn_mask & block_causal_mask(text.shape[1], [h * w for h, w in grids], x.device)  # (B, 1, S, S)
+        if self.parallel is not None:  # 06_parallel.Ulysses: this rank keeps 1/W of the video tokens and their RoPE
+            video, rope = self.parallel.split(video, rope, text.shape[1])
         for block in self.blocks:
+            args = (text, video, emb, rope, attn_mask) + ((frames,) if self.arch == "cogvideox" else ())
             if self.checkpointing and torch.is_grad_enabled():
                 # keep only each block's inputs; recompute its activations in backward (memory for compute)
-                text, video = checkpoint(block, text, video, emb, rope, attn_mask, frames, sp_group,
-                                         use_reentrant=False)
+                text, video = checkpoint(block, *args, parallel=self.parallel, use_reentrant=False)
             else:
-                text, video = block(text, video, emb, rope, attn_mask, frames, sp_group)
-        if sp_group is not None:  # every rank gets the whole sequence, and so returns the whole prediction
-            video = all_gather(video, 1, sp_group)
+                text, video = block(*args, parallel=self.parallel)
+        if self.parallel is not None:  # every rank gets the whole sequence, and so returns the whole prediction
+            video = self.parallel.gather(video)
 
         shift, scale = self.final_adaLN(emb)[:, None].chunk(2, dim=-1)      # (B, 1, D) each
         out = self.final_linear(modulate(self.final_norm(video[:, -frames * rows * cols:]), shift, scale))
@@ -577,29 +510,22 @@ if __name__ == "__main__":
     ids = torch.randint(2, 32, (n, L)) * mask                               # PAD (0) after each caption
     model = DiT(**size, arch=arch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    # flow matching (04): x_s = (1 - s) x0 + s eps, regress the velocity eps - x0 at t = 1000 s
     start = time.time()
-    for step in range(401):
-        s = torch.rand(n)
-        eps = torch.randn_like(x0)
-        x_s = (1 - s[:, None, None, None, None]) * x0 + s[:, None, None, None, None] * eps
-        loss = F.mse_loss(model(x_s, 1000 * s, ids, mask), eps - x0)
+    for step in range(401):  # flow matching (04): x_s = (1 - s) x0 + s eps, regress the velocity eps - x0
+        s, eps = torch.rand(n).view(n, 1, 1, 1, 1), torch.randn_like(x0)
+        loss = F.mse_loss(model((1 - s) * x0 + s * eps, 1000 * s.flatten(), ids, mask), eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0:
             print(f"step {step:3d}  loss {loss.item():.4f}  ({time.time() - start:.0f}s)")
-
-    # Euler from noise (s = 1) to data (s = 0): caption i should bring back latent i
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # Euler from noise (s = 1) to data (s = 0): caption i should bring back latent i
         z = torch.randn_like(x0)
         for k in range(20, 0, -1):
-            z = z - model(z, torch.full((n,), 1000 * k / 20), ids, mask) / 20
+            z = z - model.eval()(z, torch.full((n,), 1000 * k / 20), ids, mask) / 20
     mse = torch.cdist(z.flatten(1), x0.flatten(1)) ** 2 / x0[0].numel()    # (sample, latent) mean squared error
-    others = mse[~torch.eye(n, dtype=torch.bool)].mean()
-    print(f"samples closest to their own caption's latent: {(mse.argmin(1) == torch.arange(n)).sum()}/{n}; "
-          f"MSE to own latent {mse.diag().mean():.3f}, to the others {others:.3f}")
+    print(f"samples closest to their own caption's latent: {(mse.argmin(1) == torch.arange(n)).sum()}/{n}; MSE to "
+          f"own latent {mse.diag().mean():.3f}, to the others {mse[~torch.eye(n, dtype=torch.bool)].mean():.3f}")
     # channel 0 of frame 0 of each latent, upscaled: targets above, samples below
     tiles = torch.cat([x0[:, 0, 0], z[:, 0, 0]], dim=1).clamp(-2.5, 2.5)   # (n, 2H, W)
     grid = ((tiles.permute(1, 0, 2).flatten(1) + 2.5) * 51).byte().numpy()  # (2H, n*W)

@@ -46,19 +46,23 @@ def scaled_linear_alphas_cumprod(num_steps=1000, beta_start=0.00085, beta_end=0.
     return a
 
 
+def global_index(local_batch, rank, world_size, device=None):
+    """The indices in the global batch of this rank's samples: rank r holds r * local_batch .. (r + 1) * local_batch - 1."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return rank * local_batch + torch.arange(local_batch, device=device)  # (local_batch,)
+
+
 def explicit_uniform_timesteps(local_batch, num_steps, rank=0, world_size=1, generator=None, device=None):
     """Integer steps in [0, num_steps) for this rank's slice of the global batch.
 
     Explicit uniform sampling (CogVideoX): split [0, T) into n = world_size * local_batch equal intervals;
-    sample i of the global batch draws uniformly from interval i, and rank r holds samples
-    r * local_batch .. (r + 1) * local_batch - 1. CogVideoX ties n to the ranks (one interval per rank);
-    one interval per sample also works on one process. Each rank draws only its own slice, so no
+    sample i of the global batch draws uniformly from interval i. CogVideoX ties n to the ranks (one interval
+    per rank); one interval per sample also works on one process. Each rank draws only its own slice, so no
     communication is needed.
     """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     n = world_size * local_batch
-    i = rank * local_batch + torch.arange(local_batch, device=device)  # global sample index
+    i = global_index(local_batch, rank, world_size, device)
     # floor((i + u) T / n) with u uniform on the grid k / T, k = 0 .. T-1, in integer arithmetic so no
     # rounding can push a step into the next interval. Over the global batch every step has probability
     # exactly 1 / T, for any n (n need not divide T, and may exceed it).
@@ -112,6 +116,11 @@ def guided_prediction(model, x, t, cond, uncond, cfg, rescale=0.0):
     both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
     pred_c, pred_u = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
     return rescale_guidance(pred_u + cfg * (pred_c - pred_u), pred_c, rescale)
+
+
+def device_of(cond):
+    """Where the sampler puts its noise: the conditioning's device (cond["ids"] in train.py); CPU for none."""
+    return next((c.device for c in cond.values() if torch.is_tensor(c)), torch.device("cpu"))
 
 
 def null_caption(batch, max_len, device=None):
@@ -193,8 +202,9 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, model, shape, cond, uncond=None, steps=50, cfg=1.0, cfg_rescale=0.0, generator=None,
-               progress=False):
+               progress=False, preview=None):
         """Draw x0 of the given shape from pure noise: DDIM (eta = 0) or ancestral DDPM (Algorithm 2).
+        preview(i, steps, x0_hat): after step i, the model's current estimate of the clean sample.
 
         Both are one formula (Song et al. 2021, eq. 12) for a jump t -> s < t:
             x_s = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps_hat + sigma z,
@@ -204,8 +214,7 @@ class GaussianDiffusion(nn.Module):
         """
         if not 1 <= steps <= self.num_steps:
             raise ValueError(f"steps must be in [1, {self.num_steps}], got {steps}")
-        # the device of the conditioning (cond["ids"] in train.py); CPU for an unconditional model
-        device = next((c.device for c in cond.values() if torch.is_tensor(c)), torch.device("cpu"))
+        device = device_of(cond)
         x = torch.randn(shape, generator=generator, device=device)
         # Trailing spacing (Lin et al. 2023, Sec. 3.3): the grid ends at T - 1, so sampling starts where
         # training put pure noise; "leading" spacing (0, 20, ..., 980 for 50 steps) never visits it.
@@ -217,6 +226,8 @@ class GaussianDiffusion(nn.Module):
             t_batch = torch.full((shape[0],), float(t), device=device)
             v = guided_prediction(model, x, t_batch, cond, uncond, cfg, cfg_rescale).float()
             x0, eps = x0_eps_from_v(x, v, a_t)
+            if preview is not None:
+                preview(i, steps, x0)
             sigma2 = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s) if self.sampler == "ddpm" else 0.0
             x = a_s ** 0.5 * x0 + max(1 - a_s - sigma2, 0.0) ** 0.5 * eps
             if sigma2 > 0:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 diffusion = importlib.import_module("03_diffusion")  # the DDPM this file is compared with (demo)
 # classifier-free guidance, with Lin et al.'s rescale: the same for a velocity as for 03's v-prediction
-guided_prediction = diffusion.guided_prediction
+guided_prediction, device_of = diffusion.guided_prediction, diffusion.device_of
 
 
 def shift_time(t, shift):
@@ -68,9 +68,7 @@ class RectifiedFlow(nn.Module):
         sampling; the inverse CDF of the logit-normal maps the strata onto that density, and the shift
         applies the same warp as the sampler's grid, so training sees the noise levels sampling visits.
         """
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        i = rank * batch + torch.arange(batch, device=device)  # global sample index
+        i = diffusion.global_index(batch, rank, world_size, device)
         u = (i + torch.rand(batch, generator=generator, device=device)) / (world_size * batch)
         if self.t_sampling == "logit_normal":
             # sigmoid(m + s Phi^-1(u)), Phi^-1(u) = sqrt(2) erfinv(2u - 1): logit-normal for uniform u
@@ -88,8 +86,9 @@ class RectifiedFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, model, shape, cond, uncond=None, steps=50, cfg=1.0, cfg_rescale=0.0, generator=None,
-               progress=False):
+               progress=False, preview=None):
         """Integrate dx/dt = v from t = 1 (noise) to t = 0 on the shifted grid; returns x0 (shape).
+        preview(i, steps, x0_hat): after step i, the clean sample the velocity points at, x0 = x_t - t v.
 
         Heun (Karras et al. 2022) averages the velocities at both ends of a step, second order for one
         more model call per step; its last step, ending at t = 0, is a plain Euler step, as in EDM,
@@ -97,8 +96,7 @@ class RectifiedFlow(nn.Module):
         """
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        # the device of the conditioning (cond["ids"] in train.py); CPU for an unconditional model
-        device = next((c.device for c in cond.values() if torch.is_tensor(c)), torch.device("cpu"))
+        device = device_of(cond)
         x = torch.randn(shape, generator=generator, device=device)
 
         def velocity(x, t):
@@ -106,8 +104,10 @@ class RectifiedFlow(nn.Module):
             return guided_prediction(model, x, t_batch, cond, uncond, cfg, cfg_rescale).float()
 
         ts = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), self.sample_shift).tolist()
-        for t, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc="flow", disable=not progress):
+        for i, (t, t_next) in enumerate(tqdm(list(zip(ts[:-1], ts[1:])), desc="flow", disable=not progress)):
             v = velocity(x, t)
+            if preview is not None:
+                preview(i, steps, x - t * v)
             if self.solver == "heun" and t_next > 0:
                 v = (v + velocity(x + (t_next - t) * v, t_next)) / 2
             x = x + (t_next - t) * v
@@ -116,6 +116,7 @@ class RectifiedFlow(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # Demo: flow matching vs DDPM (03) on a 2-D toy, the same MLP, data, seed and step budget.
+timestep_embedding = importlib.import_module("02_dit").timestep_embedding  # sinusoidal features of t
 
 def eight_gaussians(n, generator=None):
     """Points (n, 2) from 8 Gaussians (std 0.1) on a circle of radius 1.5; label (n,) = mode index % 2,
@@ -140,12 +141,10 @@ class ToyMLP(nn.Module):
         self.label_emb = nn.Embedding(NULL_LABEL + 1, dim)
         self.net = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(),
                                  nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2))
-        half = dim // 2
-        self.register_buffer("freqs", torch.exp(-math.log(1000) * torch.arange(half) / half), persistent=False)
+        self.dim = dim
 
     def forward(self, x, t, label):
-        angles = t[:, None] * self.freqs  # (B, dim / 2), sinusoidal timestep embedding
-        emb = torch.cat([angles.cos(), angles.sin()], dim=1) + self.label_emb(label)  # (B, dim)
+        emb = timestep_embedding(t, self.dim, max_period=1000) + self.label_emb(label)  # (B, dim), t as 02's DiT sees it
         return self.net(self.x_proj(x) + emb)  # (B, 2)
 
 

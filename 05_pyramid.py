@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 shift_time = importlib.import_module("04_flow").shift_time  # the timestep shift of 04: s t / (1 + (s - 1) t)
-rescale_guidance = importlib.import_module("03_diffusion").rescale_guidance  # Lin et al.'s guidance rescale
+guided_prediction = importlib.import_module("03_diffusion").guided_prediction  # CFG, with Lin et al.'s rescale
 
 GAMMA = 1 / 3  # block-noise correlation: the largest valid value, and the one that makes every 2x2 block of n' sum to 0
 
@@ -206,28 +206,29 @@ class PyramidFlow(nn.Module):
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return self.alphas[k] * x + self.betas[k] * block_noise(z)
 
-    def velocity(self, model, x, t, cond, history, cfg, cfg_rescale=0.0):
-        """Model velocity with classifier-free guidance, v = v_uncond + cfg (v_cond - v_uncond), in one forward
-        over [cond; uncond] (cond already holds both halves when cfg != 1), optionally rescaled (03). Cast to
-        x's dtype, since under autocast the model answers in bf16."""
-        if cfg == 1:
-            return model(x, t, **cond, history=history, causal=True).to(x.dtype)
-        pred = model(torch.cat([x, x]), torch.cat([t, t]), **cond,
-                     history=[torch.cat([h, h]) for h in history], causal=True).to(x.dtype)
-        v_cond, v_uncond = pred.chunk(2)
-        return rescale_guidance(v_uncond + cfg * (v_cond - v_uncond), v_cond, cfg_rescale)
+    def velocity(self, model, x, t, cond, uncond, history, cfg=1.0, cfg_rescale=0.0):
+        """Model velocity with classifier-free guidance (03's guided_prediction), in x's dtype (under autocast
+        the model answers in bf16). The history frames go with both halves of the guided batch."""
+        def with_history(x, t, **c):  # guided_prediction doubles the batch for cfg != 1: the history follows
+            return model(x, t, **c, history=[h.repeat(len(x) // len(h), 1, 1, 1, 1) for h in history], causal=True)
+        return guided_prediction(with_history, x, t, cond, uncond, cfg, cfg_rescale).to(x.dtype)
 
-    def euler(self, model, x, k, cond, history, steps, cfg=1.0, cfg_rescale=0.0):
-        """Euler through stage k from its start (r = 1) to its end (r = 0): dx/dr = start - end = v."""
+    def euler(self, model, x, k, cond, uncond, history, steps, cfg=1.0, cfg_rescale=0.0, preview=None):
+        """Euler through stage k from its start (r = 1) to its end (r = 0): dx/dr = start - end = v.
+        preview(end): after each step, the stage's end that the velocity points at, x_r - r v (the clean
+        frame at the last stage, at this stage's resolution and noise e_k before it)."""
         for i in range(steps):
             r, r_next = 1 - i / steps, 1 - (i + 1) / steps
             t = torch.full((x.shape[0],), self.timestep(k, r), device=x.device)  # (B,)
-            x = x + (r_next - r) * self.velocity(model, x, t, cond, history, cfg, cfg_rescale)
+            v = self.velocity(model, x, t, cond, uncond, history, cfg, cfg_rescale)
+            if preview is not None:
+                preview(x - r * v)
+            x = x + (r_next - r) * v
         return x
 
     @torch.no_grad()
     def sample(self, model, shape, cond, uncond=None, steps=20, cfg=1.0, cfg_rescale=0.0, generator=None,
-               progress=False, first=None, window=None):
+               progress=False, first=None, window=None, preview=None):
         """Generate latents of `shape` (B, C, T, H, W), one latent frame at a time, each coarse to fine with
         `steps` Euler steps per stage. The first frame has no history; frame f sees frames 0..f-1.
 
@@ -236,6 +237,8 @@ class PyramidFlow(nn.Module):
             (the official generate_i2v does the same).
         window: the most past frames a frame sees (None: all). Older frames are dropped from the history, so
             a video of any length costs the same per frame; sample.py passes the trained latent frames - 1.
+        preview(i, n, x0_hat): after each of the n Euler steps, the video so far (B, C, T, H, W): the finished
+            frames, the current frame's stage end (Euler's preview) upsampled, zeros for the frames to come.
         """
         B, C, T, H, W = self.check_shape(shape)
         if steps < 1:
@@ -246,12 +249,15 @@ class PyramidFlow(nn.Module):
                              f"got {tuple(first.shape)}")
         if window is not None and window < 1:
             raise ValueError(f"window (history frames) must be >= 1, got {window}")
-        if cfg != 1:
-            if uncond is None or uncond.keys() != cond.keys():
-                raise ValueError(f"cfg={cfg} needs uncond (the null caption) with the keys of cond, {sorted(cond)}")
-            cond = {key: torch.cat([cond[key], uncond[key]]) for key in cond}
         device, levels = cond["ids"].device, self.stages - 1
         frames = [] if first is None else list(first.float().split(1, dim=2))  # finished frames, each (B, C, 1, H, W)
+        made, total = [0], (T - len(frames)) * self.stages * steps
+
+        def show(end):  # Euler's preview of the current frame -> the whole video so far, at full size
+            up_to_full = F.interpolate(end, scale_factor=(1, H // end.shape[3], W // end.shape[4]), mode="nearest")
+            later = end.new_zeros(B, C, T - len(frames) - 1, H, W)
+            preview(made[0], total, torch.cat(frames + [up_to_full, later], dim=2))
+            made[0] += 1
         for _ in tqdm(range(len(frames), T), desc="frames", disable=not progress):
             # RoPE: the DiT puts history frame j at time j and the new frame at len(past). Without a window, a
             # video longer than training takes t past the trained range: angles no training step produced, and
@@ -266,7 +272,7 @@ class PyramidFlow(nn.Module):
                 if k > 0:
                     x = self.renoise(x, k, generator)
                 history = [down(past[j], levels - s) for j, s in enumerate(history_stages(len(past), k))]
-                x = self.euler(model, x, k, cond, history, steps, cfg, cfg_rescale)
+                x = self.euler(model, x, k, cond, uncond, history, steps, cfg, cfg_rescale, show if preview else None)
             frames.append(x)
         return torch.cat(frames, dim=2)  # (B, C, T, H, W)
 

@@ -22,14 +22,14 @@ import argparse
 import importlib
 import os
 import re
-import sys
 from collections import Counter
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from data.checkpoint import load_checkpoint, save_checkpoint
+from data.config import ArgumentParser, autocast, check_dtype, config_from_dict, pick_device
 from data.moving_mnist import save_gif
 from data.tokenizer import Tokenizer
 
@@ -41,80 +41,19 @@ pyramid = importlib.import_module("05_pyramid")
 
 
 # ----------------------------------------------------------------------------- runtime
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a user's mistake as one `error: ...` line (argparse prints its usage first); train.py and
-    bench.py use it too."""
-
-    def error(self, message):
-        raise SystemExit(f"error: {message} (see {self.prog} --help)")
-
-
-def pick_device(name="auto", local_rank=0):
-    """auto: CUDA, then Apple's MPS, then the CPU."""
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise SystemExit("error: device 'cuda' was asked for, but this torch sees no CUDA GPU; use auto or cpu")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if name == "mps" or (name == "auto" and torch.backends.mps.is_available()):
-        if not torch.backends.mps.is_available():
-            raise SystemExit("error: device 'mps' was asked for, but this torch sees no Apple GPU; use auto or cpu")
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def native_bf16(device):
-    """bf16 matmuls in hardware: any CUDA or MPS device, or a CPU with AVX512-BF16 or AMX."""
-    if device.type != "cpu":
-        return True
-    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)() or \
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-
-
-def check_dtype(device, dtype):
-    """fp16 needs a GPU; bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated in software,
-    and then fp32 is the faster choice by far."""
-    if dtype == "fp16" and device.type == "cpu":
-        raise SystemExit("error: dtype fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
-    if dtype == "bf16" and not native_bf16(device):
-        print("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 autocast is emulated "
-              "and can be many times slower than fp32: pass --dtype=fp32", file=sys.stderr)
-
-
-def autocast(device, dtype):
-    """bf16 autocast runs on CPU and GPU alike; backward is called outside this context."""
-    if dtype == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-
-
-def load_checkpoint(path, kind):
-    """A checkpoint dict written by train.py, or a one-line error naming the file and what is wrong."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: no {kind} checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, wrong file: all the same to the user
-        raise SystemExit(f"error: {path} is not a readable checkpoint (corrupt or truncated?): "
-                         f"{str(e).splitlines()[0][:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
-        raise SystemExit(f"error: {path} is not a {kind} checkpoint of this project")
-    return ckpt
-
-
 # ----------------------------------------------------------------------------- models from a config dict
-# The config dicts are data/config.py's Config as saved in checkpoints; .get() defaults keep older checkpoints loading.
+# The config dicts are data/config.py's Config, as saved in checkpoints (config_from_dict fills today's defaults).
 def build_vae(config):
     v = config["vae"]
     return vae_lib.CausalVAE(in_channels=config["data"]["channels"], channels=v["channels"], patch=v["patch"],
                              latent_channels=v["latent_channels"], time_compression=v["time_compression"],
-                             layers_per_block=v["layers_per_block"], time_compress_at=v.get("time_compress_at", "last"),
-                             norm=v.get("norm", "frame"), bottleneck=v.get("bottleneck", "kl"),
-                             fsq_levels=v.get("fsq_levels", [5]))
+                             layers_per_block=v["layers_per_block"], time_compress_at=v["time_compress_at"],
+                             time_expand_at=v["time_expand_at"], norm=v["norm"], bottleneck=v["bottleneck"],
+                             fsq_levels=v["fsq_levels"])
 
 
 def load_vae(ckpt, device):
-    vae = build_vae(ckpt["config"])
+    vae = build_vae(config_from_dict(ckpt["config"]))
     vae.load_state_dict(ckpt["model"])
     return vae.to(device).eval().requires_grad_(False)
 
@@ -123,21 +62,20 @@ def build_dit(d, vocab_size, latent_channels):
     return dit_lib.DiT(in_channels=latent_channels, dim=d["dim"], depth=d["depth"], heads=d["heads"],
                        vocab_size=vocab_size, max_text_len=d["text_len"], text_depth=d["text_depth"],
                        patch=d["patch"], patch_t=d["patch_t"], attention=d["attention"],
-                       checkpointing=d["checkpointing"], image_channels=latent_channels if d.get("i2v") else 0,
+                       checkpointing=d["checkpointing"], image_channels=latent_channels if d["i2v"] else 0,
                        **(dict(arch="hunyuan", double_depth=None if d["double_depth"] < 0 else d["double_depth"])
-                          if d.get("arch") == "hunyuan" else {}))
+                          if d["arch"] == "hunyuan" else {}))
 
 
 def build_objective(d):
     """03's DDPM, 04's rectified flow or 05's pyramidal flow, with every knob those files teach."""
     if d["objective"] == "ddpm":
-        return diffusion.GaussianDiffusion(snr_shift=d.get("snr_shift", 1.0), sampler=d.get("ddpm_sampler", "ddim"))
+        return diffusion.GaussianDiffusion(snr_shift=d["snr_shift"], sampler=d["ddpm_sampler"])
     if d["objective"] == "flow":
         return flow.RectifiedFlow(t_sampling=d["t_sampling"], shift=d["flow_shift"],
-                                  sample_shift=d.get("sample_shift") or None, solver=d.get("flow_solver", "euler"))
-    return pyramid.PyramidFlow(stages=d["pyramid_stages"], stage_ratios=d.get("pyramid_stage_ratios") or None,
-                               history_noise=d.get("history_noise", 1 / 3),
-                               shift=d.get("pyramid_shift", d["flow_shift"]))  # older runs shared flow_shift
+                                  sample_shift=d["sample_shift"] or None, solver=d["flow_solver"])
+    return pyramid.PyramidFlow(stages=d["pyramid_stages"], stage_ratios=d["pyramid_stage_ratios"] or None,
+                               history_noise=d["history_noise"], shift=d["pyramid_shift"])
 
 
 def check_request(model, objective, vae, latent_shape, frames=None, image=False):
@@ -188,28 +126,33 @@ def sample_latents(model, objective, shape, trained, cond, uncond=None, first=No
 
 @torch.no_grad()
 def generate(model, objective, vae, tokenizer, prompts, latent_shape, text_len, steps, cfg_scale, seed,
-             device, dtype, cfg_rescale=0.0, progress=False, *, images=None, frames=None):
+             device, dtype, cfg_rescale=0.0, progress=False, *, images=None, frames=None, negative=None,
+             preview=None):
     """Videos [N, C, T, H, W] in [-1, 1] for N prompts; the same seed gives the same videos.
 
     images: first frames (N, C, 1, H, W) in [-1, 1] to start from (image-to-video), or None. frames: pixel
     frames to make, 1 + tc k for the VAE's time compression tc (None: the trained length); longer videos are
-    continued autoregressively (sample_latents)."""
+    continued autoregressively (sample_latents). negative: a caption per prompt for guidance's unconditional
+    branch (a negative prompt) instead of the null caption. preview(i, n, x0_hat): the objective's, after
+    each of its steps, with its estimate of the clean latents (scaled as the DiT sees them)."""
     check_request(model, objective, vae, latent_shape, frames, images is not None)
     C, T, h, w = latent_shape
     length = T if frames is None else 1 + (frames - 1) // vae.time_compression  # latent frames
     size = (vae.in_channels, 1, h * vae.space_compression, w * vae.space_compression)
     if images is not None and tuple(images.shape) != (len(prompts), *size):
         raise ValueError(f"images must be first frames {(len(prompts), *size)} in [-1, 1], got {tuple(images.shape)}")
-    ids, mask = tokenizer.encode(prompts, text_len)
-    ids, mask = ids.to(device), mask.to(device)
-    null_ids, null_mask = diffusion.null_caption(len(prompts), text_len, device)
+    cond = dict(zip(("ids", "mask"), (t.to(device) for t in tokenizer.encode(prompts, text_len))))
+    uncond = dict(zip(("ids", "mask"), diffusion.null_caption(len(prompts), text_len, device) if negative is None
+                      else (t.to(device) for t in tokenizer.encode(negative, text_len))))
+    if model.g_embed is not None:  # guidance-distilled (07): the scale is an input, one forward a step
+        cond["guidance"], cfg_scale, uncond = torch.full((len(prompts),), float(cfg_scale), device=device), 1.0, None
     generator = torch.Generator(device).manual_seed(seed)
     with autocast(device, dtype):
         # a 1-frame video: the causal VAE gives frame 0 a latent of its own, as in the training videos
         first = None if images is None else vae.encode(images.to(device)).mode().float() * vae.scaling_factor
-        z = sample_latents(model, objective, (len(prompts), C, length, h, w), T, dict(ids=ids, mask=mask),
-                           dict(ids=null_ids, mask=null_mask), first, steps=steps, cfg=cfg_scale,
-                           cfg_rescale=cfg_rescale, generator=generator, progress=progress)
+        z = sample_latents(model, objective, (len(prompts), C, length, h, w), T, cond, uncond, first, steps=steps,
+                           cfg=cfg_scale, cfg_rescale=cfg_rescale, generator=generator, progress=progress,
+                           preview=preview)
         # longer than trained: decode in pieces of the trained length, which the causal VAE streams exactly
         videos = vae.decode(z.float() / vae.scaling_factor, chunk=T if length > T else None)
     return videos.float().clamp(-1, 1)
@@ -219,8 +162,8 @@ def load(path, device, **overrides):
     """(model, objective, vae, tokenizer, config, latent_shape) from a dit.pt checkpoint (or the shipped
     data/pretrained/tiny.pt); overrides replace dit.* settings of the objective, e.g. sample_shift=2.0."""
     ckpt = load_checkpoint(path, "dit")
-    config = ckpt["config"]
-    config["dit"] = {**config["dit"], **{k: v for k, v in overrides.items() if v is not None}}
+    config = config_from_dict(ckpt["config"])
+    config["dit"] |= {k: v for k, v in overrides.items() if v is not None}
     model = build_dit(config["dit"], ckpt["vocab_size"], ckpt["latent_shape"][0])
     model.load_state_dict(ckpt["ema"])  # copies cast, so the bf16 weights of data/pretrained/ load into fp32
     vae = load_vae({"config": ckpt["vae_config"], "model": ckpt["vae"]}, device)
@@ -236,9 +179,7 @@ def export(path, out):
     slim = {k: ckpt[k] for k in ("kind", "step", "config", "tokenizer", "vocab_size", "latent_shape", "vae_config")}
     for part in ("ema", "vae"):
         slim[part] = {k: v.bfloat16() if v.is_floating_point() and v.numel() > 1 else v for k, v in ckpt[part].items()}
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    torch.save(slim, out + ".tmp")
-    os.replace(out + ".tmp", out)
+    save_checkpoint(out, slim)
     print(f"wrote {out} ({os.path.getsize(out) / 2 ** 20:.1f} MiB) from {path}, step {ckpt['step']}")
 
 
@@ -355,21 +296,22 @@ def image_frames(path, channels, height, width):
     return pixels[None, :, None]  # (1, C, 1, H, W)
 
 
-def sampler(args):
+def sampler(args, prompts=()):
     """generate_fn(prompts, seed, progress=False, images=None) -> videos, the VAE and the config, for parsed
     sample.py arguments: every setting from the flags, else from the checkpoint. images: first frames
     (len(prompts), C, 1, H, W) in [-1, 1] (default: --image's for every prompt, else none); the videos have
-    --frames frames. bench.py quality scores what this returns."""
+    --frames frames. bench.py quality scores what this returns. prompts: checked against the tokenizer first."""
     device = pick_device(args.device)
     model, objective, vae, tokenizer, config, latent_shape = load(
         args.ckpt, device, sample_shift=args.shift, flow_solver=args.solver, ddpm_sampler=args.sampler)
     d = config["dit"]
     dtype = args.dtype or config["dtype"]
     check_dtype(device, dtype)
-    cfg = d.get("sample_cfg", 8.0) if args.cfg is None else args.cfg
-    rescale = d.get("sample_cfg_rescale", 0.0) if args.cfg_rescale is None else args.cfg_rescale
+    cfg = d["sample_cfg"] if args.cfg is None else args.cfg
+    rescale = d["sample_cfg_rescale"] if args.cfg_rescale is None else args.cfg_rescale
     try:  # what needs the checkpoint, before any generation
         check_request(model, objective, vae, latent_shape, args.frames, args.image is not None)
+        tokenizer.encode(list(prompts), d["text_len"])  # too long, or empty; unseen words only warn
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     size = [n * vae.space_compression for n in latent_shape[2:]]
@@ -389,7 +331,7 @@ def main(argv=None):
     if args.export:
         return export(args.ckpt, args.export)
     prompts = read_prompts(args)
-    generate_fn = sampler(args)[0]
+    generate_fn = sampler(args, prompts)[0]
 
     jobs = [prompt for prompt in prompts for _ in range(args.n)]
     videos = []

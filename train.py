@@ -8,20 +8,17 @@
 Stage `vae` trains the causal VAE of 01_vae.py on videos and writes OUT/vae.pt.
 Stage `dit` encodes the videos once with the frozen VAE (cached in OUT/latents.pt),
 trains the BPE tokenizer on the captions, then trains the text encoder and the
-expert transformer of 02_dit.py with one of three objectives (03 ddpm, 04 flow,
-05 pyramid) and writes OUT/dit.pt, which sample.py turns into GIFs.
+transformer of 02_dit.py with one of three objectives (03 ddpm, 04 flow, 05 pyramid)
+and writes OUT/dit.pt, which sample.py turns into GIFs.
 
-Data parallel (DDP) under torchrun, plain `python train.py` too; mixed precision
-(bf16 autocast on CPU and GPU, fp16 with a GradScaler); AdamW; EMA weights for sampling;
-checkpoints written atomically that resume bit-exactly. Every option, its default and its
-check before work: data/config.py. Model building and sampling: sample.py, which this file
-imports for its previews.
+Data parallel under torchrun, plain `python train.py` too, and the other modes of
+06_parallel.py; mixed precision (bf16 autocast on CPU and GPU, fp16 with a GradScaler);
+AdamW; EMA weights for sampling; checkpoints written atomically that resume bit-exactly.
+Every option, its default and its check before work: data/config.py.
 """
 import copy
 import dataclasses
-import functools
 import importlib
-import inspect
 import json
 import math
 import os
@@ -43,57 +40,22 @@ try:
     import resource  # the peak memory that metrics.jsonl logs: Unix only
 except ImportError:
     resource = None
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
-from torch.distributed.fsdp import fully_shard
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data.moving_mnist import save_gif
-from data.tokenizer import Tokenizer
-from data.config import check_config, parse_args
 from data import schedule
+from data.checkpoint import load_checkpoint, save_checkpoint
+from data.config import autocast, check_config, check_dtype, native_bf16, parse_args, pick_device
 from data.loading import batches, check_folder, data_position, scan, video_dataset
-from sample import (autocast, build_dit, build_objective, build_vae, check_dtype, generate,
-                    load_checkpoint, load_vae, native_bf16, pick_device)
+from data.moving_mnist import save_gif, video_grid
+from data.tokenizer import Tokenizer
+from sample import build_dit, build_objective, build_vae, generate, load_vae
 
 vae_lib = importlib.import_module("01_vae")
 diffusion = importlib.import_module("03_diffusion")
+parallel = importlib.import_module("06_parallel")
 
 
-# ----------------------------------------------------------------------------- runtime
-def setup():
-    """(rank, world_size, local_rank) under torchrun (RANK set), in a process group the caller made, or alone."""
-    if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def mean_over_ranks(value, device):
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t.item()
-
-
-def subgroups(n, rank, world):
-    """(group, index, count): with n > 1, the ranks split into world / n groups of n consecutive ranks that work
-    on the same samples (context or sequence parallel), and index / count number the groups, which is what data
-    parallelism then sees; with n = 1, no group and every rank is its own."""
-    if n == 1:
-        return None, rank, world
-    group, _ = dist.new_subgroups(group_size=n)
-    return group, rank // n, world // n
-
-
+# ----------------------------------------------------------------------------- exact resume, clean stops
 def rng_state():
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -110,30 +72,15 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def all_rng_states():
-    """Every rank's RNG state, so a resumed DDP run draws the same noise on every rank."""
-    states = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
-    if dist.is_initialized():
-        dist.all_gather_object(states, rng_state())
-    else:
-        states[0] = rng_state()
-    return states
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path, state):
-    """Write to a temporary file, then rename: a crash mid-write never destroys the last good checkpoint."""
-    tmp = path + ".tmp"
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    except OSError as e:  # a full disk, say: the rename never happens, so the last checkpoint is untouched
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        kept = f"the previous checkpoint {path} is intact" if os.path.isfile(path) else "no checkpoint was written"
-        raise SystemExit(f"error: could not write checkpoint {path} ({e}); {kept}") from None
-    os.replace(tmp, path)
+def resume_rng(ckpt, rank, world):
+    """Every rank's RNG as the checkpoint saved it (all ranks' states: parallel.gather_objects(rng_state()))."""
+    states = ckpt["rng"]
+    if len(states) == world:
+        set_rng_state(states[rank])
+    else:  # the data order still resumes; only the noise differs from an uninterrupted run
+        print(f"[rank {rank}] checkpoint was written by {len(states)} rank(s), this run has {world}: "
+              "resuming with fresh random noise", file=sys.stderr)
+        torch.manual_seed(ckpt["step"] * 1000 + rank)
 
 
 STOP = {"signal": None}  # set by SIGINT (Ctrl-C) or SIGTERM: the training loop saves at its current step, then exits
@@ -145,7 +92,7 @@ def request_stop(signum, frame):
 
 def stop_requested(device):
     """True on every rank once any rank was signalled, so all save the same step and leave together."""
-    return mean_over_ranks(float(STOP["signal"] is not None), device) > 0
+    return parallel.mean_over_ranks(float(STOP["signal"] is not None), device) > 0
 
 
 def stop_here(step, path, logger):
@@ -154,20 +101,13 @@ def stop_here(step, path, logger):
                      "continue with --resume")
 
 
-def lr_at(step, base, warmup, total, decay=1.0):
-    """Linear warm-up, hold, then cosine decay to a tenth of the base rate over the last `decay` of the steps.
-
-    decay=1 is the classic warm-up + cosine; decay<1 is warmup-stable-decay (Hu et al. 2024, MiniCPM): the full
-    rate is held until the decay starts, so a run can be lengthened from any checkpoint before it. On tiny.yaml,
-    decay=0 (constant) scored 0.07 lower digit accuracy than decay=1 (docs/experiments.md).
-    """
-    if step < warmup:
-        return base * (step + 1) / warmup
-    decay_start = total - decay * (total - warmup)
-    if step < decay_start:
-        return base
-    progress = (step - decay_start) / max(1, total - decay_start)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+def check_finite(loss, step, path, logger):
+    """A NaN or inf loss stops the run before anything is saved, so the last good checkpoint survives."""
+    if not math.isfinite(loss):
+        logger.bar.close()
+        kept = f"the last good checkpoint is {path}" if os.path.isfile(path) else "no checkpoint was written yet"
+        raise SystemExit(f"loss is {loss} at step {step + 1}: stopping; {kept}. "
+                         "Try a lower learning rate, or dtype fp32 to rule out precision.")
 
 
 # ----------------------------------------------------------------------------- one optimiser step
@@ -180,7 +120,7 @@ def train_step(model, opt, scaler, loss_fn, micro_batches, device, dtype, clip):
     total, logs = 0.0, {}
     for i, micro in enumerate(micro_batches):
         last, weight = i == len(micro_batches) - 1, sizes[i] / sum(sizes)
-        sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
+        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, dtype):
                 loss, micro_logs = loss_fn(model, micro)
@@ -193,6 +133,12 @@ def train_step(model, opt, scaler, loss_fn, micro_batches, device, dtype, clip):
     scaler.step(opt)        # skipped by the scaler if fp16 gradients overflowed
     scaler.update()
     return total, {**logs, "grad_norm": grad_norm.item()}
+
+
+def micro_batches(rows, device, grad_accum):
+    """rows: (latents, ids, mask) of each bucket of a step -> grad_accum micro-batches per bucket, on device."""
+    return [m for x0, ids, mask in rows for m in zip(x0.to(device).float().chunk(grad_accum),
+                                                     ids.to(device).chunk(grad_accum), mask.to(device).chunk(grad_accum))]
 
 
 @torch.no_grad()
@@ -215,21 +161,10 @@ def probe(step_fn, stateful, device, n=3):
     for m, state in zip(stateful, saved):
         m.load_state_dict(state)
     set_rng_state(rng)
-    return mean_over_ranks(seconds, device)
+    return parallel.mean_over_ranks(seconds, device)
 
 
 # ----------------------------------------------------------------------------- logging
-def video_grid(videos, columns):
-    """[N, C, T, H, W] -> one video [C, T, rows * H, columns * W] with a 2-pixel gap, for GIF previews."""
-    n, c, t, h, w = videos.shape
-    rows = math.ceil(n / columns)
-    grid = videos.new_full((c, t, rows * (h + 2) - 2, columns * (w + 2) - 2), -1.0)
-    for i, v in enumerate(videos):
-        r, col = divmod(i, columns)
-        grid[:, :, r * (h + 2):r * (h + 2) + h, col * (w + 2):col * (w + 2) + w] = v
-    return grid
-
-
 class Logger:
     """Rank 0 alone writes: a tqdm bar, metrics as JSON lines, the resolved config."""
 
@@ -259,15 +194,6 @@ class Logger:
             self.bar.write(message)
 
 
-def check_finite(loss, step, path, logger):
-    """A NaN or inf loss stops the run before anything is saved, so the last good checkpoint survives."""
-    if not math.isfinite(loss):
-        logger.bar.close()
-        kept = f"the last good checkpoint is {path}" if os.path.isfile(path) else "no checkpoint was written yet"
-        raise SystemExit(f"loss is {loss} at step {step + 1}: stopping; {kept}. "
-                         "Try a lower learning rate, or dtype fp32 to rule out precision.")
-
-
 # ----------------------------------------------------------------------------- stage 1: VAE
 def train_vae(cfg, rank, world, device, resume, deadline=None):
     """deadline (time.perf_counter()): a budgeted run's end of this stage; its steps are sized from a probe."""
@@ -288,7 +214,7 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
     if resume and os.path.isfile(path):
         ckpt = load_checkpoint(path, "vae")
         if deadline is not None:  # a budgeted run keeps the step count its probe chose
-            total = ckpt.get("planned_steps", total)
+            total = ckpt["planned_steps"]
         vae.load_state_dict(ckpt["model"])
         criterion.load_state_dict(ckpt["criterion"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -300,8 +226,8 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
         resume_rng(ckpt, rank, world)
     else:
         torch.manual_seed(cfg.seed + rank)
-    model = DDP(vae) if world > 1 else vae
-    disc_model = DDP(disc) if world > 1 and disc is not None else disc
+    model = parallel.data_parallel(vae) if world > 1 else vae
+    disc_model = parallel.data_parallel(disc) if world > 1 and disc is not None else disc
 
     per_rank = v.batch_size // world
     last_layer = vae.last_layer
@@ -330,12 +256,12 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
         return dict(kind="vae", step=step, config=dataclasses.asdict(cfg), model=vae.state_dict(),
                     criterion=criterion.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                     optimizer_d=opt_d.state_dict() if opt_d else None, scaler_d=scaler_d.state_dict(),
-                    rng=all_rng_states(), data_position=data_position(step, len(train_set), v.batch_size),
+                    rng=parallel.gather_objects(rng_state()), data_position=data_position(step, len(train_set), v.batch_size),
                     planned_steps=total)
 
     for step in range(start, total):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, v.lr, v.warmup, total)
+            group["lr"] = schedule.lr_at(step, v.lr, v.warmup, total)
         image_step = image_steps(step + 1) > image_steps(step)
         x = next(images if image_step else data)[0].to(device)  # (B, C, T, H, W); T = 1 on an image step
         recons = []
@@ -352,7 +278,7 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
                 return criterion.disc_loss(pair[0], pair[1], step, m), {}
             logs["disc_loss"], _ = train_step(disc_model, opt_d, scaler_d, disc_loss, list(zip(micro, recons)),
                                               device, cfg.dtype, cfg.clip_grad)
-        loss = mean_over_ranks(loss, device)
+        loss = parallel.mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
         logger.step(step, loss, logs | ({"image_step": int(image_step)} if v.images else {}))
         done, stop = step + 1 == total, stop_requested(device)
@@ -372,7 +298,7 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
             logger.print(f"step {step + 1}: validation PSNR {psnr:.2f} dB on {v.val_frames}-frame videos "
                          f"(all-black frames: {black:.2f} dB)")
     logger.bar.close()
-    barrier()
+    parallel.barrier()
 
 
 def vae_samples(cfg, split, frames, n, device):
@@ -393,16 +319,6 @@ def validate_vae(cfg, vae, device, gif_path, n=32):
     os.makedirs(os.path.dirname(gif_path), exist_ok=True)
     save_gif(gif_path, video_grid(torch.cat([x[:8], recon[:8]]), columns=8))
     return vae_lib.psnr(x, recon).mean().item(), vae_lib.psnr(x, torch.full_like(x, -1)).mean().item()
-
-
-def resume_rng(ckpt, rank, world):
-    states = ckpt["rng"]
-    if len(states) == world:
-        set_rng_state(states[rank])
-    else:  # the data order still resumes; only the noise differs from an uninterrupted run
-        print(f"[rank {rank}] checkpoint was written by {len(states)} rank(s), this run has {world}: "
-              "resuming with fresh random noise", file=sys.stderr)
-        torch.manual_seed(ckpt["step"] * 1000 + rank)
 
 
 # ----------------------------------------------------------------------------- stage 2: DiT
@@ -440,11 +356,11 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device, kind="video", frames
         cache = torch.load(path, weights_only=True)
         if cache["key"] == key:
             return cache["latents"], cache["captions"]
-    barrier()  # nobody may still be reading an old cache when rank 0 replaces it
+    parallel.barrier()  # nobody may still be reading an old cache when rank 0 replaces it
     ds = video_dataset(cfg, "train", frames, length=d.videos, images=kind == "image")
     n = min(d.videos, len(ds))  # a video folder may hold fewer clips than dit.videos
     cp = cfg.vae.context_parallel  # with cp > 1, the cp ranks of a group encode one video together, in pieces
-    group, g, groups = subgroups(cp, rank, world)
+    group, g, groups = parallel.subgroups(cp, rank, world)
     mine = list(range(g, n, groups))
     parts = []
     desc = "encode latents" if default else f"encode {kind}s, {frames} frame(s) at {size}x{size}"
@@ -456,15 +372,11 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device, kind="video", frames
             if group is None or not default:  # pieces of time are for the long default clips
                 z = vae.encode(x).mode()
             else:
-                pieces = vae_lib.ContextParallel(group)
-                z = pieces.gather(vae.encode(pieces.split(x, vae.time_compression), parallel=pieces).mode())
+                pieces = parallel.ContextParallel(group)
+                z = pieces.gather(vae.encode(pieces.split(x, vae.time_compression), cache=pieces).mode())
             parts.append((z.float() * vae.scaling_factor).half().cpu())
     mine_latents = torch.cat(parts)
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, mine_latents)
-    else:
-        gathered = [mine_latents]
+    gathered = parallel.gather_objects(mine_latents)
     latents = torch.empty(n, *mine_latents.shape[1:], dtype=torch.half)
     for g in range(groups):  # every rank of a group holds its group's latents: take the first's
         latents[g::groups] = gathered[g * cp]
@@ -474,7 +386,7 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device, kind="video", frames
         if resource is not None:  # the memory of encoding, to compare settings such as vae.context_parallel
             print(f"latent cache {os.path.basename(path)}: {n} {kind}s; peak memory of rank 0 so far "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    barrier()
+    parallel.barrier()
     return latents, captions
 
 
@@ -493,7 +405,7 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
     tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
     if rank == 0 and not (resume and os.path.isfile(tok_path)):
         Tokenizer.train([c for _, captions in caches.values() for c in captions], d.vocab_size).save(tok_path)
-    barrier()
+    parallel.barrier()
     tokenizer = Tokenizer.load(tok_path)
     datasets = {shape: torch.utils.data.TensorDataset(latents, *tokenizer.encode(captions, d.text_len))
                 for shape, (latents, captions) in caches.items()}
@@ -504,78 +416,56 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
 
     torch.manual_seed(cfg.seed)
     model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latent_shape[0]).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)  # whole on every rank, FSDP or not
-    if d.fsdp:  # FSDP2: each block, then the rest, holds 1/world of its weights; all-gathered per forward
-        for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
+    ema = copy.deepcopy(model).requires_grad_(False)  # whole on every rank, FSDP or not; previews use it alone
+    if d.fsdp:
+        parallel.shard(model)
     # the ranks of one sequence-parallel group see the same samples and draw the same noise: to the data they
     # are one rank, sp_rank of sp_world
-    sp_group, sp_rank, sp_world = subgroups(d.sequence_parallel, rank, world)
+    sp_group, sp_rank, sp_world = parallel.subgroups(d.sequence_parallel, rank, world)
+    if sp_group is not None:
+        model.parallel = parallel.Ulysses(sp_group)
     objective = build_objective(dataclasses.asdict(d))
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=not d.fsdp)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
-    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: unsharded, on rank 0, plain keys
     start, planned = 0, [p["steps"] for p in phases]
     if resume and os.path.isfile(path):
         ckpt = load_checkpoint(path, "dit")
-        if deadline is not None:  # a budgeted run keeps the step counts its probe chose
-            planned = ckpt.get("planned_steps", planned)
-        if ckpt["config"]["dit"].get("fsdp", False) != d.fsdp:  # the optimizer state is keyed differently
+        if ckpt["config"]["dit"]["fsdp"] != d.fsdp:  # the optimizer state is keyed differently
             raise SystemExit(f"error: {path} was trained with dit.fsdp={not d.fsdp}: resume with the same")
+        planned = ckpt["planned_steps"] if deadline is not None else planned  # a budget keeps its probe's counts
         ema.load_state_dict(ckpt["ema"])
         if d.fsdp:
-            set_model_state_dict(model, ckpt["model"], options=StateDictOptions(full_state_dict=True))
-            set_optimizer_state_dict(model, opt, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+            parallel.load_whole_state(model, opt, ckpt["model"], ckpt["optimizer"])
         else:
             model.load_state_dict(ckpt["model"])
-            saved = ckpt["optimizer"]
-            if isinstance(saved, list):  # written while train.py also offered Muon: [AdamW] or [AdamW, Muon]
-                if len(saved) != 1:
-                    raise SystemExit(f"error: {path} was trained with Muon, which left train.py; resume it at "
-                                     "the commit that wrote it (docs/experiments.md)")
-                saved = saved[0]
-            opt.load_state_dict(saved)
+            opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         start = ckpt["step"]
         resume_rng(ckpt, rank, world)
     else:
         torch.manual_seed(cfg.seed + sp_rank)
-    # The pyramid objective calls the model once per stage present in a rank's share of the
-    # batch, so ranks may make different numbers of forward calls: DDP must not sync buffers
-    # (the constant RoPE tables) on each call, or ranks wait for each other forever.
-    no_sync_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                       else "broadcast_buffers": False}  # renamed in newer torch
     # only the training step is compiled; previews call the EMA copy eagerly, so no batch size recompiles it.
     # Inductor leaves RoPE's complex multiply to eager kernels and warns; everything around it still fuses.
     warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
-    ddp_model = torch.compile(model) if compiles(d, device) else model
-    ddp_model = DDP(ddp_model, **no_sync_buffers) if world > 1 and not d.fsdp else ddp_model
+    step_model = torch.compile(model) if compiles(d, device) else model
+    step_model = parallel.data_parallel(step_model) if world > 1 and not d.fsdp else step_model
 
     def dit_loss(m, micro):
         x0, ids_, mask_ = micro
         ids_, mask_ = diffusion.drop_captions(ids_, mask_, d.caption_dropout)
-        if sp_group is not None:  # every call of the objective runs the DiT over this group's ranks
-            m = functools.partial(m, sp_group=sp_group)
         cond = dict(ids=ids_, mask=mask_)
         if d.i2v:  # CogVideoX-I2V: the first latent frame, noise-augmented, as the image input (03); an image
             cond["image"] = diffusion.image_condition(x0, d.i2v_drop if x0.shape[2] > 1 else 1.0)  # has none
         return objective.loss(m, x0, cond, rank=sp_rank, world_size=sp_world), {}
 
-    def micro_batches(rows):  # rows: (latents, ids, mask) of each bucket -> grad_accum micro-batches per bucket
-        return [m for x0, ids_, mask_ in rows for m in zip(x0.to(device).float().chunk(d.grad_accum),
-                                                           ids_.to(device).chunk(d.grad_accum),
-                                                           mask_.to(device).chunk(d.grad_accum))]
-
     def buckets_of(p):
         return schedule.step_buckets(phases[p], cfg, ranks)
-
-    def first_step(p):  # phase p's first samples of each bucket: what the budget's probe times
-        return micro_batches([datasets[(b.kind, b.frames, b.size)][:b.count // ranks] for b in buckets_of(p)])
     logger = Logger(cfg, rank, "dit", start, sum(planned))
     if deadline is not None and start == 0:  # compiling happens in the probe's warm-up, inside the budget
-        def timed(p):  # a whole step of phase p: the batch to the device, the optimizer step, the EMA
-            train_step(ddp_model, opt, scaler, dit_loss, first_step(p), device, cfg.dtype, cfg.clip_grad)
+        def timed(p):  # a whole step of phase p on its first samples: to the device, the optimizer step, the EMA
+            rows = [datasets[(b.kind, b.frames, b.size)][:b.count // ranks] for b in buckets_of(p)]
+            train_step(step_model, opt, scaler, dit_loss, micro_batches(rows, device, d.grad_accum), device,
+                       cfg.dtype, cfg.clip_grad)
             ema_update(ema, model, d.ema_decay)
         seconds = [probe(lambda: timed(p), [model, ema, opt, scaler], device) for p in range(len(phases))]
         planned = schedule.budget_steps(planned, seconds, deadline, logger.print, "DiT")
@@ -584,22 +474,21 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
     logger.print(f"DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, objective {d.objective}, "
                  f"latents {tuple(latent_shape)}, {n_videos} videos, vocab {tokenizer.vocab_size}")
 
-    def state(step):  # under FSDP the getters gather the shards: every rank must call them
-        weights = get_model_state_dict(model, options=whole) if d.fsdp else model.state_dict()
-        moments = get_optimizer_state_dict(model, opt, options=whole) if d.fsdp else opt.state_dict()
+    def state(step):  # under FSDP, whole_state gathers the shards: every rank must call it
+        weights, moments = parallel.whole_state(model, opt) if d.fsdp else (model.state_dict(), opt.state_dict())
         # where the next step stands: (phase, step inside it); once all are done, (number of phases, 0)
         p, k = schedule.phase_at(step, planned) if step < sum(planned) else (len(planned), 0)
         return dict(kind="dit", step=step, config=dataclasses.asdict(cfg), model=weights,
                     ema=ema.state_dict(), optimizer=moments, scaler=scaler.state_dict(),
-                    rng=all_rng_states(), data_position=dict(phase=p, step_in_phase=k), planned_steps=planned,
-                    tokenizer=tokenizer.state_dict(), tokenizer_file=tok_path, vocab_size=tokenizer.vocab_size,
-                    latent_shape=latent_shape, vae=vae_ckpt["model"], vae_config=vae_ckpt["config"],
-                    scaling_factor=float(vae.scaling_factor))
+                    rng=parallel.gather_objects(rng_state()), data_position=dict(phase=p, step_in_phase=k),
+                    planned_steps=planned, tokenizer=tokenizer.state_dict(), tokenizer_file=tok_path,
+                    vocab_size=tokenizer.vocab_size, latent_shape=latent_shape, vae=vae_ckpt["model"],
+                    vae_config=vae_ckpt["config"], scaling_factor=float(vae.scaling_factor))
 
     total, data = sum(planned), None
     for step in range(start, total):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, d.lr, d.warmup, total, d.lr_decay)  # one schedule over every phase
+            group["lr"] = schedule.lr_at(step, d.lr, d.warmup, total, d.lr_decay)  # one schedule over every phase
         p, k = schedule.phase_at(step, planned)
         if data is None or k == 0:  # each bucket of the phase draws from its own cache, in its own fixed order
             data = [batches(datasets[(b.kind, b.frames, b.size)], b.count // ranks, sp_rank, sp_world,
@@ -608,11 +497,11 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
             if len(phases) > 1 or len(data) > 1:
                 logger.print(f"phase {p + 1}/{len(phases)}, {planned[p]} steps: " + ", ".join(
                     f"{b.count} {b.kind}s of {b.frames} frame(s) at {b.size}x{b.size}" for b in buckets_of(p)))
-        micro = micro_batches([next(bucket) for bucket in data])
-        loss, logs = train_step(ddp_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
+        micro = micro_batches([next(bucket) for bucket in data], device, d.grad_accum)
+        loss, logs = train_step(step_model, opt, scaler, dit_loss, micro, device, cfg.dtype, cfg.clip_grad)
         # warm the decay up: a plain 0.999 would still hold 13% of the random init after 2000 steps
         ema_update(ema, model, min(d.ema_decay, (1 + step) / (10 + step)))
-        loss = mean_over_ranks(loss, device)
+        loss = parallel.mean_over_ranks(loss, device)
         check_finite(loss, step, path, logger)
         logger.step(step, loss, logs)
         done, stop = step + 1 == total, stop_requested(device)
@@ -632,7 +521,7 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
             save_gif(gif, video_grid(videos, columns=len(d.prompts)))
             logger.print(f"step {step + 1}: samples of {len(d.prompts)} prompts in {gif}")
     logger.bar.close()
-    barrier()
+    parallel.barrier()
 
 
 def compiles(d, device):
@@ -652,8 +541,13 @@ def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__)
     world = int(os.environ.get("WORLD_SIZE", 1))
     check_config(cfg, args, world)
+    try:  # the models' own checks (widths, heads, RoPE, stages): seconds at most, before any data is read
+        build_vae(dataclasses.asdict(cfg)), build_objective(dataclasses.asdict(cfg.dit))
+        build_dit(dataclasses.asdict(cfg.dit), cfg.dit.vocab_size, cfg.vae.latent_channels)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     owned = not dist.is_initialized()  # a group made by the caller (tests/modes_worker.py) outlives this run
-    rank, world, local = setup()
+    rank, world, local = parallel.setup()
     device = pick_device(cfg.device, local)
     check_dtype(device, cfg.dtype)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -664,7 +558,7 @@ def main(argv=None):
             f.write(text)
         if cfg.data.dataset != "moving_mnist":
             check_folder(cfg)
-    barrier()  # the other ranks read the scan from OUT/scan.json
+    parallel.barrier()  # the other ranks read the scan from OUT/scan.json
     handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     STOP["signal"] = None
     end = begin + 60 * cfg.budget_minutes if cfg.budget_minutes else None  # the whole run's deadline

@@ -1,22 +1,76 @@
 """The configuration of train.py: every option with its default and a comment, read from a YAML file and
---section.key=value flags (parse_args), and the checks that run before any work (check_config).
+--section.key=value flags (parse_args), the checks that run before any work (check_config), and the device and
+dtype the options name.
 
     cfg, args = parse_args(["--config", "tiny.yaml", "--dit.steps=500"])
     check_config(cfg, args, world=1)    # a mistake is one line, `error: ...`, before anything is built
 
-train.py trains what this describes; sample.py rebuilds the models from the copy saved in each checkpoint.
+train.py trains what this describes; sample.py rebuilds the models from the copy saved in each checkpoint
+(config_from_dict: the saved values over today's defaults).
 """
 import argparse
 import dataclasses
 import difflib
 import os
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import torch
 import yaml
 
 from data import schedule
-from sample import ArgumentParser, build_dit, build_objective, build_vae
 
+# ----------------------------------------------------------------------------- runtime: the device and dtype
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a user's mistake as one `error: ...` line (argparse prints its usage first); train.py and
+    bench.py use it too."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message} (see {self.prog} --help)")
+
+
+def pick_device(name="auto", local_rank=0):
+    """auto: CUDA, then Apple's MPS, then the CPU."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("error: device 'cuda' was asked for, but this torch sees no CUDA GPU; use auto or cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if name == "mps" or (name == "auto" and torch.backends.mps.is_available()):
+        if not torch.backends.mps.is_available():
+            raise SystemExit("error: device 'mps' was asked for, but this torch sees no Apple GPU; use auto or cpu")
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def native_bf16(device):
+    """bf16 matmuls in hardware: any CUDA or MPS device, or a CPU with AVX512-BF16 or AMX."""
+    if device.type != "cpu":
+        return True
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
+def check_dtype(device, dtype):
+    """fp16 needs a GPU; bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated in software,
+    and then fp32 is the faster choice by far."""
+    if dtype == "fp16" and device.type == "cpu":
+        raise SystemExit("error: dtype fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
+    if dtype == "bf16" and not native_bf16(device):
+        print("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 autocast is emulated "
+              "and can be many times slower than fp32: pass --dtype=fp32", file=sys.stderr)
+
+
+def autocast(device, dtype):
+    """bf16 autocast runs on CPU and GPU alike; backward is called outside this context."""
+    if dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+# ----------------------------------------------------------------------------- the options
 # Defaults live here; a YAML file overrides them, then --section.key=value flags.
 
 @dataclass
@@ -66,11 +120,16 @@ class VAEConfig:
     val_frames: int = 17             # validation PSNR is measured on 17-frame videos
     context_parallel: int = 1        # latent cache: N ranks per video, each encoding a piece of its time axis (01)
     # the designs the course compares (01): where time is compressed, the norm, the bottleneck
-    time_compress_at: str = "last"   # last: in the deepest levels (HunyuanVideo) | first: full resolution (CogVideoX)
-    norm: str = "frame"              # frame: per-frame GroupNorm, exactly causal | clip: over the clip (CogVideoX)
+    time_compress_at: str = "last"   # encoder: last, in its deepest levels (HunyuanVideo) | first (CogVideoX)
+    time_expand_at: str = "first"    # decoder: first, its lowest resolutions (CogVideoX) | last (HunyuanVideo)
+    norm: str = "frame"              # frame: per-frame GroupNorm, exactly causal | clip: over the clip (both papers)
     bottleneck: str = "kl"           # kl: Gaussian + KL | fsq: finite scalar quantization (Mentzer et al. 2023)
     fsq_levels: list[int] = field(default_factory=lambda: [5])  # fsq: levels per latent channel (one: all alike)
     images: float = 0.0              # share of steps on images, batch_size x frames of them (Pyramid Flow's VAE)
+
+    @property
+    def space_compression(self):     # 01's CausalVAE.space_compression, known before the model is built
+        return self.patch * 2 ** (len(self.channels) - 1)
 
 
 @dataclass
@@ -154,7 +213,7 @@ class Config:
 
 CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", "mps"),
            "data.on_bad": ("skip", "error"),
-           "vae.time_compress_at": ("last", "first"), "vae.norm": ("frame", "clip"), "vae.bottleneck": ("kl", "fsq"),
+           "vae.time_compress_at": ("last", "first"), "vae.time_expand_at": ("first", "last"), "vae.norm": ("frame", "clip"), "vae.bottleneck": ("kl", "fsq"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.arch": ("cogvideox", "hunyuan"),
            "dit.attention": ("full", "factorized"), "dit.t_sampling": ("uniform", "logit_normal"),
            "dit.ddpm_sampler": ("ddim", "ddpm"), "dit.flow_solver": ("euler", "heun"),
@@ -163,8 +222,14 @@ RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.images": (0.0, 0.9), "vae.images": (0
           "budget_minutes": (0.0, 1e6), "budget_vae": (0.01, 0.99), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
           "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
 
-# keys that older runs wrote into config.yaml: their value that today's code follows, and why any other is refused
-RETIRED = {"dit.optimizer": ("adamw", "Muon left train.py (docs/experiments.md); AdamW is the only optimizer")}
+def config_from_dict(saved):
+    """A config dict saved in a checkpoint, checked and laid over today's defaults, as a dict like the saved one."""
+    cfg = Config()
+    try:
+        merge(cfg, saved, "the checkpoint's config")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return dataclasses.asdict(cfg)
 
 
 def coerce(key, value, kind):
@@ -203,10 +268,6 @@ def merge(cfg, updates, source, prefix=""):
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for name, value in updates.items():
         key = prefix + name
-        if key in RETIRED and value == RETIRED[key][0]:  # an older run's config.yaml: what the code does anyway
-            continue
-        if key in RETIRED:
-            raise ValueError(f"config key '{key}' in {source}: {RETIRED[key][1]}")
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
@@ -264,7 +325,7 @@ def check_phases(cfg, world, fail):
     d, v = cfg.dit, cfg.vae
     if (d.phases or d.images) and d.sequence_parallel > 1:
         fail("dit.phases and dit.images mix shapes in a step, which dit.sequence_parallel does not split: use one")
-    space, tc = v.patch * 2 ** (len(v.channels) - 1), v.time_compression
+    space, tc = v.space_compression, v.time_compression
     grid = d.patch * 2 ** (d.pyramid_stages - 1 if d.objective == "pyramid" else 0)
     for i, phase in enumerate(schedule.resolve_phases(cfg)):
         key = f"dit.phases[{i}]" if d.phases else "dit"
@@ -299,7 +360,7 @@ def check_config(cfg, args, world):
         if frames < 1 or (frames - 1) % tc:
             fail(f"{key}={frames}: the causal VAE with vae.time_compression={tc} takes 1 + {tc}k frames "
                  f"(1, {1 + tc}, {1 + 2 * tc}, ...)")
-    space = v.patch * 2 ** (len(v.channels) - 1)
+    space = v.space_compression
     if data.size % space:
         fail(f"data.size={data.size} must be divisible by the VAE's space compression {space} "
              f"(vae.patch x 2 per level after the first)")
@@ -307,6 +368,16 @@ def check_config(cfg, args, world):
     if (data.size // space) % grid:
         fail(f"the {data.size // space}x{data.size // space} latent must be divisible by {grid}: dit.patch"
              + (" x 2^(dit.pyramid_stages - 1)" if d.objective == "pyramid" else ""))
+    levels, time_levels = len(v.channels) - 1, tc.bit_length() - 1
+    for key, value, default in (("time_compress_at", v.time_compress_at, "last"),
+                                ("time_expand_at", v.time_expand_at, "first")):
+        if value != default and time_levels == levels:
+            fail(f"vae.{key}={value} builds the same network as {default}: all {levels} level(s) of vae.channels "
+                 f"change time (vae.time_compression={tc}); where time changes is a choice with more levels")
+    if d.patch_t > 1 and (d.objective == "pyramid" or any(p["images"] > 0 for p in schedule.resolve_phases(cfg))):
+        fail(f"dit.patch_t={d.patch_t} cuts latent frames into pairs, but "
+             + ("the pyramid denoises one latent frame at a time" if d.objective == "pyramid" else
+                "an image (dit.images) is one latent frame") + ": use dit.patch_t=1")
     if d.objective != "pyramid" and (1 + (data.frames - 1) // tc) % d.patch_t:
         fail(f"{1 + (data.frames - 1) // tc} latent frames are not divisible by dit.patch_t={d.patch_t}")
     tokens = (1 + (data.frames - 1) // tc) // d.patch_t * (data.size // space // d.patch) ** 2
@@ -322,6 +393,9 @@ def check_config(cfg, args, world):
     if d.i2v and d.objective == "pyramid":
         fail("dit.i2v is for the flow and ddpm objectives: the pyramid takes an image as its first history frame "
              "(sample.py --image) without it")
+    if d.i2v and v.norm == "clip":  # CogVideoX encodes the image alone; the cache holds whole clips' latents
+        fail("dit.i2v trains on each clip's first latent frame as the image, which vae.norm=clip computes from "
+             "the later frames too, while sampling encodes the image alone: use vae.norm=frame")
     if d.fsdp and d.compile == "true":
         fail("dit.fsdp runs eagerly: set dit.compile=false")
     for key, section, ranks in (("vae", v, world), ("dit", d, world // sp)):  # ranks of one sequence share a batch
@@ -346,9 +420,3 @@ def check_config(cfg, args, world):
         existing = os.path.join(cfg.out_dir, f"{stage}.pt")
         if args.stage in ("all", stage) and os.path.isfile(existing) and not args.resume:
             fail(f"{existing} exists: pass --resume to continue it, or set --out_dir to start afresh")
-    try:  # the models' own checks (widths, heads, RoPE, stages): seconds at most, before any data is read
-        build_vae(dataclasses.asdict(cfg))
-        build_dit(dataclasses.asdict(d), d.vocab_size, v.latent_channels)
-        build_objective(dataclasses.asdict(d))
-    except ValueError as e:
-        fail(e)

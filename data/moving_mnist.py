@@ -19,6 +19,7 @@ digits alone, `digit 3` or `digit 3 and digit 7`, since a still shows no motion.
     python data/moving_mnist.py    # writes moving_mnist.gif, prints videos/s
 """
 import gzip
+import math
 import os
 from dataclasses import dataclass
 
@@ -148,6 +149,17 @@ def save_gif(path, video, fps=8):
     mode = "L" if frames.shape[-1] == 1 else "RGB"
     images = [Image.fromarray(f.squeeze(-1) if mode == "L" else f, mode) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def video_grid(videos, columns):
+    """[N, C, T, H, W] -> one video [C, T, rows * H, columns * W] with a 2-pixel gap, for GIF previews."""
+    n, c, t, h, w = videos.shape
+    rows = math.ceil(n / columns)
+    grid = videos.new_full((c, t, rows * (h + 2) - 2, columns * (w + 2) - 2), -1.0)
+    for i, v in enumerate(videos):
+        r, col = divmod(i, columns)
+        grid[:, :, r * (h + 2):r * (h + 2) + h, col * (w + 2):col * (w + 2) + w] = v
+    return grid
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ words the text encoder never saw can be named in a warning.
 import base64
 import io
 import json
-import os
 import warnings
 
 import sentencepiece as spm
 import torch
+
+from data.checkpoint import save_atomic
 
 PAD, UNK = 0, 1
 
@@ -53,10 +54,7 @@ class Tokenizer:
         return cls(base64.b64decode(state["sentencepiece"]), state["words"])
 
     def save(self, path):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.state_dict(), f)
-        os.replace(tmp, path)
+        save_atomic(path, lambda f: f.write(json.dumps(self.state_dict()).encode()))
 
     @classmethod
     def load(cls, path):
@@ -81,7 +79,9 @@ class Tokenizer:
                               f"{', '.join(unseen)}; the model has not learnt what they mean", stacklevel=2)
             pieces = self.sp.encode(prompt)
             if len(pieces) > max_len:
-                raise ValueError(f"prompt {prompt!r} is {len(pieces)} tokens, longer than max_len={max_len}")
+                shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+                raise ValueError(f"prompt {shown!r} is {len(pieces)} tokens, more than the {max_len} the text "
+                                 "encoder takes: shorten it")
             ids[i, :len(pieces)] = torch.tensor(pieces)
             mask[i, :len(pieces)] = True
         return ids, mask

@@ -1,4 +1,5 @@
-"""One rank of test_parallel.py: context-parallel VAE and Ulysses DiT over 2 processes (gloo), saved to OUT.
+"""One rank of test_parallel.py: 06_parallel's context-parallel VAE and Ulysses DiT (both archs) over 2 processes
+(gloo), saved to OUT.
 
     OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node=2 tests/parallel_worker.py OUT
 
@@ -14,10 +15,13 @@ import torch.distributed as dist
 
 vae_lib = importlib.import_module("01_vae")
 dit = importlib.import_module("02_dit")
+parallel = importlib.import_module("06_parallel")
 
 VAES = {"4x": dict(channels=[8, 8, 16], latent_channels=4, patch=2),                      # two time downsamplings
         "2x": dict(channels=[8, 16], latent_channels=4, patch=2, time_compression=2)}      # one
-DITS = {"full": dict(), "history+checkpointing": dict(checkpointing=True)}
+DITS = {"full": dict(), "history+checkpointing": dict(checkpointing=True),
+        "hunyuan": dict(arch="hunyuan", depth=3), "hunyuan, history+checkpointing": dict(arch="hunyuan", depth=3,
+                                                                                        checkpointing=True)}
 FRAMES = 17
 
 
@@ -37,7 +41,7 @@ def vae_inputs(vae):
 
 def make_dit(name="full", dim=32, heads=2):
     torch.manual_seed(0)
-    model = dit.DiT(4, dim=dim, depth=2, heads=heads, vocab_size=20, max_text_len=6, text_depth=1, **DITS[name])
+    model = dit.DiT(4, dim=dim, heads=heads, vocab_size=20, max_text_len=6, text_depth=1, **{"depth": 2, **DITS[name]})
     with torch.no_grad():  # undo adaLN-Zero, or the zero gates would make most gradients trivially 0
         for p in model.parameters():
             if not p.any():
@@ -59,27 +63,30 @@ def main(out_dir):
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # a mismatched send fails, not hangs
     rank, result = dist.get_rank(), {}
 
-    cp = vae_lib.ContextParallel()
+    cp = parallel.ContextParallel()
     with torch.no_grad():
         for name in VAES:
             vae = make_vae(name)
             x, z = vae_inputs(vae)
             video_piece, latent_piece = cp.split(x, vae.time_compression), cp.split(z, 1)
-            mean = vae.encode(video_piece, parallel=cp).mean
-            decoded = vae.decode(latent_piece, parallel=cp)
+            mean = vae.encode(video_piece, cache=cp).mean
+            decoded = vae.decode(latent_piece, cache=cp)
             result[name] = dict(frames=video_piece.shape[2], latents=mean.shape[2], decode_latents=latent_piece.shape[2],
                                 mean=cp.gather(mean), decoded=cp.gather(decoded))
 
     for name in DITS:
         model = make_dit(name)
+        model.parallel = parallel.Ulysses(dist.group.WORLD)
         args, history, weight = dit_inputs(name)
-        out = model(*args, history=history, sp_group=dist.group.WORLD)
+        out = model(*args, history=history)
         (out * weight).sum().backward()
         result[name] = dict(out=out.detach(), grads={n: p.grad for n, p in model.named_parameters()})
 
     try:
         args, _, _ = dit_inputs()
-        make_dit(dim=48, heads=3)(*args, sp_group=dist.group.WORLD)
+        model = make_dit(dim=48, heads=3)
+        model.parallel = parallel.Ulysses(dist.group.WORLD)
+        model(*args)
     except ValueError as e:
         result["heads_error"] = str(e)
 

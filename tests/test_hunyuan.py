@@ -1,48 +1,19 @@
 """HunyuanVideo's transformer in 02_dit.py (arch="hunyuan"): dual-stream then single-stream blocks, the token
 refiner, the guidance embedding, and everything the CogVideoX arch already works with (masks, history,
-image conditioning, checkpointing, sequence parallelism, the three objectives).
-
-Run as a script, this file is one rank of the 2-process Ulysses test (test_sequence_parallel_equals_one_process):
-
-    OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node=2 tests/test_hunyuan.py OUT
-"""
-import datetime
+image conditioning, checkpointing, the three objectives); sequence parallelism is in test_parallel.py."""
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import torch.distributed as dist
+
+import dit_helpers
+from dit_helpers import C, D, L, caption, changed
 
 dit = importlib.import_module("02_dit")
 
-C, D, HEADS, L = 4, 32, 2, 6  # head_dim 16: hunyuan's RoPE gives t, h, w 1, 4, 3 channel pairs
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def make(perturb=True, **kw):
-    """depth 3: one dual-stream block, then two single-stream blocks (the default split)."""
-    torch.manual_seed(0)
-    model = dit.DiT(**{**dict(in_channels=C, dim=D, depth=3, heads=HEADS, vocab_size=20, max_text_len=L,
-                              text_depth=1, arch="hunyuan"), **kw}).eval()
-    if perturb:  # undo adaLN-Zero: with zero gates and output most tests would pass trivially
-        with torch.no_grad():
-            for p in model.parameters():
-                if not p.any():
-                    p.normal_(std=0.3)
-    return model
-
-
-def caption(lengths):
-    mask = torch.arange(L)[None] < torch.tensor(lengths)[:, None]
-    ids = torch.randint(2, 20, (len(lengths), L), generator=torch.Generator().manual_seed(1)) * mask
-    return ids, mask
-
-
-def changed(a, b):
-    return not torch.allclose(a, b, atol=1e-4)
+def make(arch="hunyuan", **kw):  # depth 3 for both archs, so that they compare block for block
+    return dit_helpers.make(arch, **{"depth": 3, **kw})
 
 
 def kinds(model):
@@ -52,7 +23,18 @@ def kinds(model):
 def test_default_split_is_one_dual_stream_block_in_three_at_least_one():
     assert kinds(make(depth=6)) == list("DDSSSS") and kinds(make(depth=2)) == list("DS")
     assert kinds(make(double_depth=0)) == list("SSS") and kinds(make(arch="cogvideox")) == list("EEE")
-    assert len(make().refiner) == 2 and len(make(arch="cogvideox").refiner) == 0
+    assert len(make().refiner.layers) == 2 and make(arch="cogvideox").refiner is None
+
+
+def test_token_refiner_is_hunyuanvideos():
+    """As hyvideo/modules/token_refiner.py builds it: no qk-norm, a SiLU MLP, gates only, and a conditioning of its
+    own (its t embedder and context embedder, not the DiT's); with the gates at zero it is its input projection."""
+    refiner = make(perturb=False).refiner
+    layer = refiner.layers[0]
+    assert isinstance(layer.attn.q_norm, torch.nn.Identity) and isinstance(layer.mlp[1], torch.nn.SiLU)
+    assert layer.adaLN[1].out_features == 2 * D  # gate_msa, gate_mlp: no shift or scale
+    text, (_, mask) = torch.randn(2, L, D), caption([2, 6])
+    assert torch.equal(refiner(text, mask, torch.tensor([3.0, 900.0])), refiner.proj_in(text))
 
 
 @pytest.mark.parametrize("arch", ["cogvideox", "hunyuan"])
@@ -65,14 +47,14 @@ def test_at_init_output_is_zero_and_every_block_is_the_identity(arch):
     for block in model.blocks:
         text_out, video_out = block(text, video, emb)
         assert torch.equal(text_out, text) and torch.equal(video_out, video)
-    for layer in model.refiner:
+    for layer in model.refiner.layers if arch == "hunyuan" else []:
         assert torch.equal(layer(text, ids_mask[1][:, None, None, :], emb), text)
     perturbed = make(arch=arch, guidance_embed=True)  # the same checks fail once the zero-init weights are moved
     assert torch.count_nonzero(perturbed(x, t, *ids_mask, guidance=w)) > 0
     for block in perturbed.blocks:
         text_out, video_out = block(text, video, emb)
         assert changed(text_out, text) and changed(video_out, video)
-    for layer in perturbed.refiner:
+    for layer in perturbed.refiner.layers if arch == "hunyuan" else []:
         assert changed(layer(text, ids_mask[1][:, None, None, :], emb), text)
 
 
@@ -143,9 +125,7 @@ def test_history_is_causal_and_equals_an_earlier_causal_frame():
 def test_unsupported_options_are_clear_errors():
     with pytest.raises(ValueError, match="needs arch='cogvideox'"):
         make(attention="factorized")
-    with pytest.raises(ValueError, match="needs arch='hunyuan'"):
-        make(arch="cogvideox", double_depth=1)
-    with pytest.raises(ValueError, match="arch must be"):
+    with pytest.raises(ValueError, match="arch 'cogvideox' or 'hunyuan', got 'full' and 'flux'"):
         make(arch="flux")
     for double_depth in (-1, 3):
         with pytest.raises(ValueError, match=r"double_depth must be in \[0, depth = 3\)"):
@@ -169,10 +149,9 @@ def test_guidance_embedding_changes_the_output_only_when_on():
     assert changed(a[0], b[0]) and torch.equal(a[1], b[1])  # each sample's own scale
     assert set(on.state_dict()) - set(off.state_dict()) == {f"g_embed.{i}.{p}" for i in (0, 2)
                                                              for p in ("weight", "bias")}
-    with pytest.raises(ValueError, match="without guidance_embed"):
-        off(x, t, *ids_mask, guidance=torch.tensor([1.0, 6.0]))
-    with pytest.raises(ValueError, match=r"needs guidance=.*\(2,\), got None"):
-        on(x, t, *ids_mask)
+    for model, guidance in ((off, torch.tensor([1.0, 6.0])), (on, None)):
+        with pytest.raises(ValueError, match="guidance= goes with guidance_embed=True"):
+            model(x, t, *ids_mask, guidance=guidance)
 
 
 @pytest.mark.parametrize("split,head_dim,pairs", [("hunyuan", 128, [8, 28, 28]), ("hunyuan", 32, [2, 7, 7]),
@@ -192,7 +171,7 @@ def test_rope_split(split, head_dim, pairs):
 
 
 def test_parameter_count_matches_cogvideox_at_equal_dim_and_depth():
-    """tiny.yaml's DiT: 1.66M parameters as cogvideox, 1.81M as hunyuan (+9%); depth 5 with 2 dual blocks: 1.67M."""
+    """tiny.yaml's DiT: 1.66M parameters as cogvideox, 1.87M as hunyuan (+12%); depth 5 with 2 dual blocks: 1.73M."""
     size = dict(in_channels=16, dim=96, depth=6, heads=3, vocab_size=128, max_text_len=16, text_depth=2)
 
     def count(**kw):
@@ -200,7 +179,7 @@ def test_parameter_count_matches_cogvideox_at_equal_dim_and_depth():
 
     cogvideox = count()
     assert 1.0 < count(arch="hunyuan") / cogvideox < 1.15
-    assert abs(count(arch="hunyuan", depth=5, double_depth=2) / cogvideox - 1) < 0.01
+    assert abs(count(arch="hunyuan", depth=5, double_depth=2) / cogvideox - 1) < 0.05
 
 
 @pytest.mark.parametrize("objective", ["ddpm", "flow", "pyramid"])
@@ -230,49 +209,3 @@ def test_loss_falls_on_a_flow_matching_toy():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) < 0.9 * sum(losses[:10]), losses  # ~1.9 -> ~1.6: early on, most of v is noise
-
-
-# ----------------------------------------------------------------------------- Ulysses, 2 processes
-def sp_inputs():
-    """12 video tokens (+ 4 history tokens): divisible by 2 ranks; a padded caption and a full one."""
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, C, 3, 4, 4, generator=g)
-    history = [torch.randn(2, C, 1, 4, 4, generator=g)]
-    return (x, torch.tensor([10.0, 700.0]), *caption([3, 6])), history, torch.randn(x.shape, generator=g)
-
-
-SP_CASES = {"full": dict(), "history+checkpointing": dict(checkpointing=True)}
-
-
-def sp_run(name, sp_group=None):
-    model = make(**SP_CASES[name])
-    args, history, weight = sp_inputs()
-    out = model(*args, history=history if "history" in name else None, sp_group=sp_group)
-    (out * weight).sum().backward()
-    return out.detach(), {n: p.grad for n, p in model.named_parameters()}
-
-
-def test_sequence_parallel_equals_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(tmp_path)]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for name in SP_CASES:
-        out, grads = sp_run(name)
-        for r in ranks:  # every rank returns the whole prediction
-            torch.testing.assert_close(r[name]["out"], out, rtol=0, atol=1e-5)
-        for n, grad in grads.items():  # the mean over ranks is the one-process gradient (see test_parallel.py)
-            atol = max(1e-5, 1e-6 * grad.abs().max().item())
-            torch.testing.assert_close(sum(r[name]["grads"][n] for r in ranks) / 2, grad, rtol=1e-5, atol=atol,
-                                       msg=lambda m: f"{name} {n}: {m}")
-
-
-if __name__ == "__main__":
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    result = {}
-    for name in SP_CASES:
-        out, grads = sp_run(name, dist.group.WORLD)
-        result[name] = dict(out=out, grads=grads)
-    torch.save(result, os.path.join(sys.argv[1], f"rank{dist.get_rank()}.pt"))
-    dist.destroy_process_group()

@@ -157,7 +157,7 @@ def test_euler_with_the_oracle_velocity_lands_on_each_stage_end(steps):
             ts.append(t)
             return start - end
 
-        assert (flow.euler(oracle, start, k, {}, [], steps) - end).abs().max() < 1e-12
+        assert (flow.euler(oracle, start, k, {}, None, [], steps) - end).abs().max() < 1e-12
         assert len(ts) == steps and all(((t > flow.t_lo[k]) & (t <= flow.t_hi[k] + 1e-3)).all() for t in ts)
 
 
@@ -274,9 +274,9 @@ def test_cfg_mixes_one_batched_forward():
         calls.append(len(x))
         return ids[:, :1, None, None, None].double().expand_as(x)
 
-    both = dict(ids=torch.tensor([[2], [0]]), mask=torch.ones(2, 1, dtype=torch.bool))  # [cond; uncond]
-    x = torch.zeros(1, 1, 1, 2, 2, dtype=torch.float64)
-    v = flow.velocity(model, x, torch.ones(1), both, [], cfg=3.0)
+    cond, uncond = (dict(ids=torch.tensor([[i]]), mask=torch.ones(1, 1, dtype=torch.bool)) for i in (2, 0))
+    x, history = torch.zeros(1, 1, 1, 2, 2, dtype=torch.float64), [torch.zeros(1, 1, 1, 1, 1)]
+    v = flow.velocity(model, x, torch.ones(1), cond, uncond, history, cfg=3.0)
     assert calls == [2] and torch.allclose(v, torch.full_like(x, 0 + 3.0 * (2 - 0)))
 
 

@@ -43,5 +43,5 @@ def test_unseen_words_are_named(tok):
 
 
 def test_too_long_prompt(tok):
-    with pytest.raises(ValueError, match="longer than max_len"):
+    with pytest.raises(ValueError, match="is 7 tokens, more than the 3 the text encoder takes: shorten it"):
         tok.encode(["digit 3 is moving up and down"], 3)

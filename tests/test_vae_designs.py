@@ -1,5 +1,6 @@
-"""The design options of 01_vae.CausalVAE the course compares: where time is compressed (CogVideoX: first levels,
-HunyuanVideo: last), per-frame or whole-clip GroupNorm, and a Gaussian or an FSQ bottleneck."""
+"""The design options of 01_vae.CausalVAE the course compares: where time is compressed and expanded (CogVideoX:
+the first levels of encoder and decoder, HunyuanVideo: the last), per-frame or whole-clip GroupNorm, and a
+Gaussian or an FSQ bottleneck."""
 import hashlib
 import importlib
 import itertools
@@ -54,7 +55,7 @@ def test_the_shipped_checkpoint_loads_strictly():
 
 
 def test_the_options_keep_the_weights_names():
-    for option in (dict(norm="clip"), dict(time_compress_at="first")):  # same weights, so the same keys and shapes
+    for option in (dict(norm="clip"), dict(time_compress_at="first"), dict(time_expand_at="last")):  # same weights
         assert key_digest(make(**option)) == key_digest(make())
     fsq = make(bottleneck="fsq").state_dict()  # the encoder's conv_out gives the latent alone, no log-variance
     assert fsq.keys() == make().state_dict().keys() and fsq["encoder.conv_out.conv.weight"].shape[0] == 4
@@ -72,22 +73,38 @@ def test_bad_options_are_rejected_with_a_message():
 
 # ----------------------------------------------------------------------------- time_compress_at
 
-def test_time_compress_at_first_or_last():
+def test_time_changes_where_each_paper_puts_it():
     x = video(batch=2, size=16)
-    first, last = make(time_compress_at="first"), make(time_compress_at="last")
 
-    def time(blocks, kind):  # which of the Downsample or Upsample blocks also resample time
+    def time(blocks, kind):  # which of the Downsample or Upsample blocks also resample time, in running order
         return [b.time for b in blocks if isinstance(b, kind)]
 
-    # encoder: Downsample 0 works at full resolution, 1 at half; the decoder's Upsamples mirror them
-    assert time(first.encoder.blocks, vae_lib.Downsample) == [True, False]
-    assert time(last.encoder.blocks, vae_lib.Downsample) == [False, True]
-    assert time(first.decoder.blocks, vae_lib.Upsample) == [False, True]
-    assert time(last.decoder.blocks, vae_lib.Upsample) == [True, False]
+    # encoder: Downsample 0 works at full resolution, 1 at half; decoder: Upsample 0 at the lowest resolution
+    cogvideox, hunyuan = make(time_compress_at="first", time_expand_at="first"), make(time_compress_at="last",
+                                                                                     time_expand_at="last")
+    assert time(cogvideox.encoder.blocks, vae_lib.Downsample) == [True, False]
+    assert time(cogvideox.decoder.blocks, vae_lib.Upsample) == [True, False]
+    assert time(hunyuan.encoder.blocks, vae_lib.Downsample) == [False, True]
+    assert time(hunyuan.decoder.blocks, vae_lib.Upsample) == [False, True]
+    default = make()  # time changes at the lowest resolution on both sides: the decoder mirrors the encoder
+    assert time(default.encoder.blocks, vae_lib.Downsample) == [False, True]
+    assert time(default.decoder.blocks, vae_lib.Upsample) == [True, False]
     with torch.no_grad():
-        for vae in (first, last):
+        for vae in (cogvideox, hunyuan, default, make(time_compress_at="first", time_expand_at="last")):
             z = vae.encode(x).mode()
             assert z.shape == (2, 4, 5, 4, 4) and vae.decode(z).shape == x.shape
+
+
+def test_config_says_when_the_placements_are_one_network(tmp_path):
+    from data.config import check_config, parse_args
+    # tiny.yaml's VAE has one level, which changes time: first and last are the same network there
+    for flag in ("--vae.time_compress_at=first", "--vae.time_expand_at=last"):
+        cfg, args = parse_args(["--config", "tiny.yaml", f"--out_dir={tmp_path}", flag])
+        with pytest.raises(SystemExit, match="builds the same network as"):
+            check_config(cfg, args, world=1)
+    cfg, args = parse_args(["--config", "tiny.yaml", f"--out_dir={tmp_path}", "--vae.time_compress_at=first",
+                            "--vae.channels=[32,64,128]", "--vae.patch=2"])
+    check_config(cfg, args, world=1)  # two levels, one of which changes time: a real choice
 
 
 # ----------------------------------------------------------------------------- causality: FrameNorm vs GroupNorm
