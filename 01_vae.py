@@ -6,22 +6,20 @@ that the diffusion transformer of 02_dit.py learns to generate. Four ideas:
 1. Causal in time. Every 3D conv pads time at the front only, by repeating the first frame,
    so output frame t sees input frames <= t. Frame 0 gets a latent of its own, so an image
    is a 1-frame video and 1 + tc*k frames map to 1 + k latent frames (CogVideoX: tc = 4).
-2. Per-frame normalisation. GroupNorm over (T, H, W) mixes the future into the past: the VAEs
-   of CogVideoX and HunyuanVideo both normalise over the clip, so neither is strictly causal and
-   a chunked encode differs from the single pass. Normalising each frame on its own makes both exact.
-3. Chunks with a conv cache. Each causal conv keeps the last frames of its input for the
-   next chunk (ChunkCache), so a long video streams through in pieces and matches the single pass;
+2. Per-frame normalisation. GroupNorm over (T, H, W) mixes the future into the past: the VAEs of
+   CogVideoX and HunyuanVideo both normalise over the clip, so neither is strictly causal and a
+   chunked encode differs from the single pass. Normalising each frame on its own makes both exact.
+3. Chunks with a conv cache. Each causal conv keeps the last frames of its input for the next
+   chunk (ChunkCache), so a long video streams through in pieces and matches the single pass;
    06_parallel.py runs the pieces at once, one per rank (context parallelism).
 4. Shortcuts around every change of shape (DC-AE, Chen et al. 2025): average when going down,
    repeat when going up, so the convs only learn a residual. DC-AE needs them to train at
    high compression; here they are what lets a CPU budget of a few thousand steps suffice.
 
-Options, to compare the designs the course compares (the defaults are the above): where time is compressed
-and expanded (time_compress_at, time_expand_at: CogVideoX changes time in the first levels of the encoder and
-of the decoder, HunyuanVideo in the last of each); norm="clip", GroupNorm over the whole clip as both papers
-ship it, with the leak 2. describes; bottleneck="fsq" replaces the Gaussian with finite scalar quantization
-(Mentzer et al. 2023): every latent channel rounded to one of fsq_levels values, so every latent position is
-one token of a prod(fsq_levels) codebook.
+Options, the designs the course compares (the defaults are the above): where time is compressed and expanded
+(time_compress_at, time_expand_at; CogVideoX changes time in the first levels of encoder and decoder,
+HunyuanVideo in the last of each); norm="clip", GroupNorm over the clip as both papers ship it; bottleneck="fsq",
+finite scalar quantization (Mentzer et al. 2023) in place of the Gaussian.
 
     python 01_vae.py    # trains a small VAE on Moving MNIST on CPU, prints PSNR, writes a GIF
 """
@@ -226,7 +224,6 @@ class FSQ:
 
     def __init__(self, levels):
         self.levels, self.codebook_size = list(levels), math.prod(levels)
-        self.radix = [math.prod(levels[:i]) for i in range(len(levels))]  # channel 0 the least significant digit
 
     def grid(self, device):  # (L - 1) / 2 per channel, and 1/2 for an even L, whose grid is the half-integers
         half = (torch.tensor(self.levels, device=device).view(-1, 1, 1, 1) - 1) / 2
@@ -247,17 +244,8 @@ class FSQ:
         half, _ = self.grid(codes.device)
         return (codes - half) / half
 
-    def index(self, codes):  # (B, c, t, h, w) -> (B, t, h, w): one token in [0, prod(L)) per latent position
-        if self.codebook_size > torch.iinfo(torch.long).max:
-            raise ValueError(f"{self.codebook_size} codes do not fit an int64 index: use fewer levels or channels")
-        return (codes * torch.tensor(self.radix, device=codes.device).view(-1, 1, 1, 1)).sum(1)
 
-    def unindex(self, index):  # (B, t, h, w) -> (B, c, t, h, w)
-        radix, levels = (torch.tensor(v, device=index.device).view(-1, 1, 1, 1) for v in (self.radix, self.levels))
-        return index.unsqueeze(1) // radix % levels
-
-
-class Quantized:
+class Quantized(DiagonalGaussian):
     """FSQ's posterior, a point mass: sample() = mode(), and no KL term, as the rounding already bounds
     the information (log2 prod(L_i) bits per latent position) that the KL term of a Gaussian prices."""
 
@@ -265,9 +253,6 @@ class Quantized:
         self.mean = z
 
     def sample(self, generator=None):
-        return self.mean
-
-    def mode(self):
         return self.mean
 
     def kl(self):
@@ -282,11 +267,11 @@ class CausalVAE(nn.Module):
                  time_compression=4, patch=2, time_compress_at="last", time_expand_at="first", norm="frame",
                  bottleneck="kl", fsq_levels=5):
         super().__init__()
-        for name, value, allowed in (("time_compress_at", time_compress_at, ("last", "first")),
-                                     ("time_expand_at", time_expand_at, ("last", "first")),
-                                     ("norm", norm, ("frame", "clip")), ("bottleneck", bottleneck, ("kl", "fsq"))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name, value, allowed in (("time_compress_at", time_compress_at, "last, first"), ("time_expand_at",
+                                     time_expand_at, "last, first"), ("norm", norm, "frame, clip"),
+                                     ("bottleneck", bottleneck, "kl, fsq")):
+            if value not in allowed.split(", "):
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         time_levels, n = int(math.log2(time_compression)), len(channels) - 1
         if 2 ** time_levels != time_compression or time_levels > n:
             raise ValueError(f"time_compression must be a power of two up to 2 ** (len(channels) - 1) = "
@@ -303,11 +288,9 @@ class CausalVAE(nn.Module):
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.time_compression = time_compression
         self.space_compression = patch * 2 ** (len(channels) - 1)
-        # Where time changes, counted from each side's full resolution (encoder) or lowest one (decoder):
-        # CogVideoX compresses in the encoder's first levels and expands in the decoder's first (first, first);
-        # HunyuanVideo in the encoder's last, deepest levels and the decoder's last (last, last). The default
-        # (last, first) mirrors: time changes at the lowest resolutions on both sides, where it is cheapest.
-        # With as many time levels as levels (tiny.yaml: one of each) all four are the same network.
+        # Where time changes, counted from the encoder's full resolution and the decoder's lowest: CogVideoX
+        # (first, first), HunyuanVideo (last, last); the default (last, first) changes time at the lowest
+        # resolution on both sides. With as many time levels as levels (tiny.yaml) all four are one network.
         time_down = [i < time_levels if time_compress_at == "first" else i >= n - time_levels for i in range(n)]
         time_up = [j < time_levels if time_expand_at == "first" else j >= n - time_levels for j in range(n)]
         # "clip": nn.GroupNorm over (C / groups, T, H, W), FrameNorm's parent, so the weights are named alike
@@ -319,37 +302,33 @@ class CausalVAE(nn.Module):
         # 1 / std of the latents, measured after training so that the DiT sees unit variance (LDM)
         self.register_buffer("scaling_factor", torch.tensor(1.0))
 
-    def check_video(self, x, first=True):
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected a video (B, {self.in_channels}, T, H, W), got shape {tuple(x.shape)}")
-        t, h, w = x.shape[2:]
+    def check_video(self, x, first=True):  # first: the piece holds frame 0 (a whole video does)
         tc, s = self.time_compression, self.space_compression
-        if first and (t - 1) % tc:
-            allowed = ", ".join(str(1 + tc * k) for k in range(5))
-            raise ValueError(f"this VAE takes 1 + {tc}k frames ({allowed}, ...), got {t}")
-        if not first and (t % tc or t == 0):  # a piece after the first has no frame 0
-            raise ValueError(f"a piece after the first takes {tc}k frames, k >= 1, got {t}")
-        if h % s or w % s:
-            raise ValueError(f"height and width must be divisible by the spatial compression {s}, got {h}x{w}")
+        if x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[3] % s or x.shape[4] % s:
+            raise ValueError(f"expected a video (B, {self.in_channels}, T, H, W) with H and W divisible by the "
+                             f"spatial compression {s}, got shape {tuple(x.shape)}")
+        if first and (x.shape[2] - 1) % tc:
+            raise ValueError(f"this VAE takes 1 + {tc}k frames ({', '.join(str(1 + tc * k) for k in range(5))}, "
+                             f"...), got {x.shape[2]}")
+        if not first and (x.shape[2] % tc or x.shape[2] == 0):  # a piece after the first has no frame 0
+            raise ValueError(f"a piece after the first takes {tc}k frames, k >= 1, got {x.shape[2]}")
 
     def encode(self, x, chunk=None, cache=None):
         """x (B, C, 1 + tc*k, H, W) in [-1, 1] -> posterior over (B, c, 1 + k, H/s, W/s): a DiagonalGaussian,
         or with bottleneck="fsq" a Quantized one (the same mode/sample/kl, on FSQ's grid).
 
         chunk (latent frames): stream the video in pieces of chunk * tc frames (the first piece also gets
-        frame 0) through a ChunkCache. Same result, with memory set by the chunk instead of the video length.
+        frame 0) through a ChunkCache: the same result, with memory set by the chunk, not the video length.
         cache: x is one piece of a longer video and cache holds what came before it (a ChunkCache, or
         06_parallel's ContextParallel, where the piece before is another rank's). With norm="clip" both run
-        but are approximate, each piece normalised with its own statistics as in CogVideoX's chunked encode
-        (its context parallelism gathers the clip for every GroupNorm instead): left running, not refused, so
-        that the gap can be measured. decode() likewise.
+        but only approximately, each piece normalised with its own statistics, so that the gap can be measured.
         """
         self.check_video(x, first=cache is None or cache.starts_video(self.encoder.conv_in))
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
         if chunk is None:
             moments = self.encoder(x, cache)
         else:
-            if chunk < 1:
-                raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
             n, cache = chunk * self.time_compression, ChunkCache()
             pieces = [x[:, :, :1 + n]] + [p for p in x[:, :, 1 + n:].split(n, dim=2) if p.shape[2]]
             moments = torch.cat([self.encoder(piece, cache) for piece in pieces], dim=2)
@@ -365,8 +344,6 @@ class CausalVAE(nn.Module):
             z = self.fsq.dequantize(self.fsq.codes(z)).to(z.dtype)
         if chunk is None:
             return self.decoder(z, cache)
-        if chunk < 1:
-            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
         cache = ChunkCache()
         return torch.cat([self.decoder(piece, cache) for piece in z.split(chunk, dim=2)], dim=2)
 
@@ -434,10 +411,8 @@ class VAELoss(nn.Module):
         logs = {"rec": rec.item(), "kl": kl.item()}
         if self.disc is not None and step >= self.disc_start:
             gan = -self.disc(recon).mean()
-            if torch.is_grad_enabled() and last_layer is not None:
-                lam = self.adaptive_weight(rec, gan, last_layer)
-            else:
-                lam = torch.tensor(1.0)
+            grads = torch.is_grad_enabled() and last_layer is not None
+            lam = self.adaptive_weight(rec, gan, last_layer) if grads else torch.tensor(1.0)
             loss = loss + self.gan_weight * lam * gan
             logs.update(gan=gan.item(), gan_lambda=lam.item())
         logs["loss"] = loss.item()
@@ -482,42 +457,33 @@ if __name__ == "__main__":
     # 4000 steps (7 minutes) reach ~28 dB. Emulated bf16 is far slower than fp32, so elsewhere fp32 and fewer steps.
     bf16 = native_bf16(torch.device("cpu"))
     steps, batch, lr = 1200 if bf16 else 400, 2, 1e-3
-    vae = CausalVAE(channels=(64, 128), latent_channels=16, patch=4, time_compression=2)
-    loss_fn = VAELoss(l2_weight=1.0, kl_weight=1e-6)
+    vae, loss_fn = CausalVAE(channels=(64, 128), latent_channels=16, patch=4, time_compression=2), VAELoss()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     # 9-frame training clips: causal and convolutional, the VAE then runs on any 1 + 2k frames
-    train = MovingMNIST("train", num_frames=9, length=steps * batch)
-    val = MovingMNIST("val", num_frames=17, length=16)
+    train, val = MovingMNIST("train", num_frames=9, length=steps * batch), MovingMNIST("val", num_frames=17, length=16)
     print(f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, "
           f"{vae.time_compression}x time and {vae.space_compression}x space compression")
-
     start = time.time()
     for step in range(steps):
         x = torch.stack([train[step * batch + i][0] for i in range(batch)])  # (B, 1, 9, 64, 64)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, lr, 50, steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            recon, posterior = vae(x)
-            loss, logs = loss_fn(x, recon, posterior, step)
+            loss, logs = loss_fn(x, *vae(x), step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             print(f"step {step:4d}  loss {logs['loss']:.4f}  {time.time() - start:.0f}s")
-
-    vae.eval()
     x = torch.stack([val[i][0] for i in range(len(val))])  # (16, 1, 17, 64, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        recon = vae.decode(vae.encode(x).mode()).float()
-        vae.scaling_factor.fill_(measure_scaling_factor(vae, torch.stack([train[i][0] for i in range(32)])))
+        recon = vae.eval().decode(vae.encode(x).mode()).float()
     black = psnr(x, torch.full_like(x, -1.0)).mean()
-    print(f"validation PSNR {psnr(x, recon).mean():.2f} dB on 17-frame videos (all-black frames: {black:.2f} dB); "
-          f"latent scaling factor {vae.scaling_factor.item():.3f}")
+    print(f"validation PSNR {psnr(x, recon).mean():.2f} dB on 17-frame videos (all-black frames: {black:.2f} dB)")
     tokens = (1 + 16 // vae.time_compression) * (64 // vae.space_compression) ** 2  # latent positions of a video
     print(f"as FSQ tokens (bottleneck='fsq', 5 levels a channel) a 17-frame video is {tokens} tokens of a codebook "
           f"of {FSQ([5] * vae.latent_channels).codebook_size:,}")
     os.makedirs("runs/demo", exist_ok=True)
-    grid = torch.cat([torch.cat([x[i], recon[i]], dim=-1) for i in range(4)], dim=-2)  # (1, 17, 256, 128)
-    save_gif("runs/demo/vae.gif", grid)
+    save_gif("runs/demo/vae.gif", torch.cat([torch.cat([x[i], recon[i]], dim=-1) for i in range(4)], dim=-2))
     print("wrote runs/demo/vae.gif (left: original, right: reconstruction)")

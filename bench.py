@@ -1,9 +1,9 @@
 """Benchmarks that fill the README's results table and docs/.
 
     python bench.py quality                      # the judge's ceiling: real validation videos
-    python bench.py quality --ckpt OUT/dit.pt    # + generated videos for the 20 single-digit prompts
+    python bench.py quality --ckpt OUT/dit.pt    # + generated videos for the 20 one- and 20 two-digit prompts
     python bench.py speed [--config tiny.yaml]   # throughput, GFLOP/s against the matmul peak, memory
-    python bench.py objectives --run OUT         # ddpm vs flow vs pyramid at equal wall time on OUT's latents
+    python bench.py compare --run OUT            # ddpm vs flow vs pyramid at equal wall time on OUT's latents
     python bench.py compare --run OUT --variant a='--dit.depth=4' --variant b='--dit.depth=8'   # any variants
     python bench.py compare --vae-minutes 4 --variant kl= --variant fsq='--vae.bottleneck=fsq'  # VAE designs
     torchrun --standalone --nproc_per_node=2 bench.py context --frames 65   # context-parallel VAE memory
@@ -13,12 +13,12 @@ MNIST digits 0-7999 (validated on 8000-9999) and cached in runs/bench/judge.pt, 
 frame; the motion axis comes from the digit's trajectory. Over the 20 single-digit prompts x N samples it
 reports digit, axis and both-correct accuracy, frame consistency, and a Frechet distance between judge
 features of the scored videos and of real validation videos for the same prompts (FID's formula, Heusel
-et al. 2017, with the judge in place of Inception).
+et al. 2017, with the judge in place of Inception); over 20 two-digit prompts, both digits and their axes.
 
 speed: a training step of the config's VAE and DiT (fp32, bf16 autocast) against the matmul peak of the
 same run, VAE inference in one pass and in chunks, each objective's step and sampling time, pyramid token
 counts, and diffusers' CogVideoX modules at matched sizes when installed -> runs/bench/speed.json.
-compare (objectives: its default variants): variants of a recipe, each the run's train.py flags plus its own,
+compare (the three objectives by default): variants of a recipe, each the run's train.py flags plus its own,
 trained for the same wall time (train.py's --budget_minutes) on a finished run's cached latents, or each
 on its own VAE trained first (--vae-minutes), then scored by quality() -> runs/bench/<command>.json.
 context: encode + decode of one long video in one process or split in time over torchrun's ranks (01's
@@ -44,17 +44,17 @@ from torch.utils.flop_counter import FlopCounterMode
 import sample
 import train
 from data import schedule
+from data.config import native_bf16
 from data.judge import PROMPTS, judge, load_judge, print_quality, quality, read_videos, real_videos
 
-vae_lib = sample.vae_lib
+vae_lib, parallel = sample.vae_lib, train.parallel
 
 # ----------------------------------------------------------------------------- quality
 def load_generator(ckpt, *sample_flags):
     """generate_fn(prompts, seed) -> videos (N, 1, T, 64, 64), and reconstruct_fn(videos) -> videos, from a checkpoint.
 
     Sampling goes through sample.py with its flags (e.g. "--cfg", "4"), its defaults otherwise, so the
-    table scores exactly what `python sample.py --ckpt CKPT FLAGS` writes.
-    """
+    table scores exactly what `python sample.py --ckpt CKPT FLAGS` writes."""
     generate_fn, vae, config = sample.sampler(sample.parser().parse_args(["--ckpt", ckpt, *sample_flags]))
     device = vae.scaling_factor.device
 
@@ -72,7 +72,7 @@ def run_quality(args):
     print(f"judge: {info['path']} (trained in {info['train_s']} s): MNIST digits 8000-9999 "
           f"val accuracy {info['val_acc']:.4f} clean, {info['val_acc_degraded']:.4f} degraded")
     generate_fn = reconstruct_fn = None
-    made = []  # the generated videos, for --tail's rows
+    made = []  # (prompts, generated videos), for --tail's rows
     if args.ckpt:  # load_generator's, with --i2v's images
         flags = [f for name in ("steps", "cfg", "cfg_rescale", "shift", "solver", "sampler", "dtype", "length")
                  if getattr(args, name) is not None for f in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
@@ -81,21 +81,21 @@ def run_quality(args):
         def generate(prompts, seed):
             # --i2v: each prompt's first frame from a validation video that no other row of the table uses
             images = real_videos(prompts, 1, skip=2 * args.n + seed - args.seed) if args.i2v else None
-            made.append(sample_fn(prompts, seed, images=images).float().cpu())
-            return made[-1]
+            made.append((prompts, sample_fn(prompts, seed, images=images).float().cpu()))
+            return made[-1][1]
         generate_fn = generate
-    rows = quality(generate_fn, args.n, args.frames, args.seed, model, reconstruct_fn)
+    one_digit_model = args.ckpt and sample.load_checkpoint(args.ckpt, "dit")["config"]["data"]["max_digits"] == 1
+    rows = quality(generate_fn, args.n, args.frames, args.seed, model, reconstruct_fn, two_digits=not one_digit_model)
     if args.tail and made:  # a longer video's last frames against its first, trained-length ones (#22)
-        videos, prompts = torch.cat(made), PROMPTS * args.n
+        videos, prompts = torch.cat([v for p, v in made if p == PROMPTS]), PROMPTS * args.n
         head = sample.load_checkpoint(args.ckpt, "dit")["config"]["data"]["frames"]
         for name, clip in ((f"generated, frames 1-{head}", videos[:, :, :head]),
                            (f"generated, last {args.tail}", videos[:, :, -args.tail:])):
             reference = read_videos(model, real_videos(prompts, clip.shape[2]))["features"]
             rows[name] = judge(clip, prompts, model, reference)
     print_quality(rows, info)
-    report = dict(command=args.command_line, date=datetime.date.today().isoformat(),
-                  machine=machine(), judge={k: v for k, v in info.items() if k != "path"},
-                  n_per_prompt=args.n, seed=args.seed, rows=rows)
+    report = dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(),
+                  judge={k: v for k, v in info.items() if k != "path"}, n_per_prompt=args.n, seed=args.seed, rows=rows)
     write_report(report, os.path.join(args.out, "quality.json"), start)
 
 
@@ -257,7 +257,7 @@ def run_speed(args):
                   device=str(device), config=args.config, reps=args.reps)
 
     # bf16 where the hardware has it: an emulated bf16 matmul on an AVX2-only CPU takes minutes, not seconds
-    precisions = PRECISIONS if sample.native_bf16(device) else ("fp32",)
+    precisions = PRECISIONS if native_bf16(device) else ("fp32",)
     fast = report["fast_precision"] = precisions[-1]
     if fast == "fp32":
         print("this CPU has no native bf16 (AVX512-BF16 or AMX): timing fp32 only")
@@ -457,19 +457,20 @@ def run_compare(args):
             prefix = "vae_" if stage_name == "vae" else ""
             row |= {f"{prefix}steps": len(log), f"{prefix}train_minutes": sum(r["step_s"] for r in log) / 60}
         generate_fn, reconstruct_fn = load_generator(ckpt)
-        q = quality(generate_fn, n_per_prompt=args.n, model=judge_model,
+        q = quality(generate_fn, n_per_prompt=args.n, model=judge_model, two_digits=cfg.data.max_digits > 1,
                     reconstruct_fn=reconstruct_fn if args.vae_minutes else None)
         g = judged[name] = q["generated"]
-        row |= dict(digit=g["digit"], axis=g["axis"], both=g["both"], fd=g["fd"],
-                    sample_s_per_video=g["generate_s"] / g["n"])
+        row |= dict(digit=g["digit"], axis=g["axis"], both=g["both"], two_digits=g.get("two", {}).get("digits"),
+                    fd=g["fd"], sample_s_per_video=g["generate_s"] / g["n"])
         if args.vae_minutes:
             vae = sample.load_vae(sample.load_checkpoint(os.path.join(out, "vae.pt"), "vae"), device)
             row |= dict(recon_digit=q["vae"]["digit"], **vae_figures(cfg, vae, device, out))
         rows[name] = row
-    rows["real val (judge ceiling)"] = {c: q["real"][c] for c in ("digit", "axis", "both", "fd")}
+    rows["real val (judge ceiling)"] = {c: q["real"][c] for c in ("digit", "axis", "both")} | dict(
+        two_digits=q["real"]["two"]["digits"], fd=q["real"]["fd"])
     what = f"each variant's VAE {args.vae_minutes} min, then its DiT" if args.vae_minutes else "variants"
-    table(f"{what} trained {args.minutes} min each on {run or 'its own VAE'}'s latents; {args.n} samples x 20 "
-          "prompts, sampled and decoded with sample.py's defaults", rows)
+    table(f"{what} trained {args.minutes} min each on {run or 'its own VAE'}'s latents; {args.n} samples x 20 one- "
+          "and 20 two-digit prompts, sampled and decoded with sample.py's defaults", rows)
     write_report(dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(), run=run,
                       minutes=args.minutes, vae_minutes=args.vae_minutes, variants=variants, n_per_prompt=args.n,
                       judge={k: v for k, v in info.items() if k != "path"}, rows=rows, judged=judged),
@@ -479,10 +480,10 @@ def run_compare(args):
 # ----------------------------------------------------------------------------- context parallel
 def run_context(args):
     """Encode + decode of one long video with the config's VAE, alone or split in time over the torchrun ranks
-    (01's ContextParallel): each rank's peak memory and the time, and the gap to the single-process pass."""
+    (06_parallel's ContextParallel): each rank's peak memory and the time, and the gap to the single-process pass."""
     begin = time.perf_counter()
     cfg, _ = train.parse_args(["--config", args.config, *args.overrides])
-    rank, world, local = train.setup()
+    rank, world, local = parallel.setup()
     device = sample.pick_device("cuda" if args.device == "cuda" else "cpu", local)
     torch.manual_seed(0)  # the same weights and video on every rank
     vae = sample.build_vae(dataclasses.asdict(cfg)).to(device).eval()
@@ -490,23 +491,22 @@ def run_context(args):
         vae.load_state_dict(sample.load_checkpoint(args.vae, "vae")["model"])
     size, tc = args.size or cfg.data.size, vae.time_compression
     video = torch.rand(1, cfg.data.channels, args.frames, size, size, device=device) * 2 - 1
-    parallel = vae_lib.ContextParallel() if world > 1 else None
+    cp = parallel.ContextParallel() if world > 1 else None
     try:
         vae.check_video(video)
-        piece = video if parallel is None else parallel.split(video, tc)
+        piece = video if cp is None else cp.split(video, tc)
     except ValueError as e:
         raise SystemExit(f"error: --frames {args.frames}, --size {size}: {e}") from None
 
     @torch.no_grad()
     def codec():
-        z = vae.encode(piece, parallel=parallel).mode()
-        return vae.decode(z, parallel=parallel)
+        return vae.decode(vae.encode(piece, cache=cp).mode(), cache=cp)
     s, mib = seconds(codec, device, args.reps), peak_mib(codec, device)
     gathered = [None] * world
     mine = dict(rank=rank, frames=piece.shape[2], s=s, peak_MiB=mib)
     if world > 1:
         dist.all_gather_object(gathered, mine)
-        out = parallel.gather(codec())
+        out = cp.gather(codec())
     else:
         gathered, out = [mine], codec()
     if rank == 0:
@@ -533,7 +533,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True, parser_class=sample.ArgumentParser)
     q = sub.add_parser("quality", help="judge generated videos (digit, axis, consistency, FD) beside real ones")
     q.add_argument("--ckpt", default="", help="DiT checkpoint to sample from; without it only real videos are scored")
-    q.add_argument("--n", type=int, default=8, help="samples per prompt (20 prompts)")
+    q.add_argument("--n", type=int, default=8, help="samples per prompt (20 one-digit, 20 two-digit prompts)")
     q.add_argument("--frames", type=int, default=17, help="frames of the real videos when no generator sets them")
     q.add_argument("--seed", type=int, default=0, help="generation seeds are seed .. seed + n - 1")
     q.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.py's)")
@@ -562,7 +562,7 @@ def main(argv=None):
     s.add_argument("--matmul", type=int, default=0, help="n of the n x n x n matmul (default: 8192 CUDA, 2048 CPU)")
     s.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --dit.arch=hunyuan")
     s.set_defaults(run=run_speed)
-    for command in ("compare", "objectives"):  # objectives: compare's default variants, under their old name
+    for command in ("compare",):
         o = sub.add_parser(command, help="variants (default: ddpm, flow, pyramid) trained for the same wall time, "
                                          "then judged")
         o.add_argument("--run", dest="run_dir", default="", help="a finished run whose VAE and latents all share")
@@ -576,7 +576,7 @@ def main(argv=None):
         o.add_argument("--vae-minutes", type=float, default=0.0,
                        help="train each variant's own VAE this long first (VAE designs), from --config")
         o.add_argument("--config", default="tiny.yaml", help="with --vae-minutes: the recipe the variants change")
-        o.add_argument("--n", type=int, default=8, help="samples per prompt (20 prompts)")
+        o.add_argument("--n", type=int, default=8, help="samples per prompt (20 one-digit, 20 two-digit prompts)")
         o.add_argument("--out", default="runs/bench", help=f"where judge.pt, {command}/ and {command}.json go")
         o.set_defaults(run=run_compare)
     c = sub.add_parser("context", help="one long video through the VAE on 1 rank, or split over torchrun's ranks")

@@ -108,14 +108,16 @@ def test_any_frame_count_and_quality_rows(val, images):
     two = torch.stack([render(val, images[d], a, 2) for d, a in (judge_lib.parse_prompt(p) for p in judge_lib.PROMPTS)])
     assert judge_lib.judge(two, judge_lib.PROMPTS, model)["both"] == 1.0  # reference rendered from the val split, T = 2
 
-    def generate(prompts, seed):
+    def generate(prompts, seed):  # a two-digit prompt gets its first digit alone
         rng = np.random.default_rng(seed)
-        return torch.stack([render(val, images[d], a, 9, start=int(rng.integers(0, 30))) for d, a in map(judge_lib.parse_prompt, prompts)])
+        first = [judge_lib.parse_two(p)[0] if p in judge_lib.TWO_PROMPTS else judge_lib.parse_prompt(p) for p in prompts]
+        return torch.stack([render(val, images[d], a, 9, start=int(rng.integers(0, 30))) for d, a in first])
 
     rows = bench.quality(generate, n_per_prompt=2, model=model, reconstruct_fn=lambda x: x, log=None)
     assert list(rows) == ["real", "vae", "generated"] and rows["real"]["frames"] == 9 and rows["generated"]["n"] == 40
     assert rows["generated"]["both"] == 1.0 and rows["real"]["axis"] == rows["vae"]["axis"] == 1.0
-    assert {**rows["real"], "seconds": 0} == {**rows["vae"], "seconds": 0} and rows["generated"]["generate_s"] >= 0
+    assert {**rows["real"], "seconds": 0, "two": 0} == {**rows["vae"], "seconds": 0, "two": 0}
+    assert rows["generated"]["generate_s"] >= 0 and rows["generated"]["two"]["n"] == 40
 
 
 def test_real_reference_is_disjoint_and_matches_prompts():
@@ -183,7 +185,7 @@ def test_command_line_prints_the_table_and_writes_json(val, images, tmp_path, mo
 
 # ----------------------------------------------------------------------------- speed and objectives
 # bf16 where the CPU has it in hardware; emulated (AVX2 only) it would only slow the suite down
-TOY = f"dtype: {'bf16' if bench.sample.native_bf16(torch.device('cpu')) else 'fp32'}\n" + """
+TOY = f"dtype: {'bf16' if bench.native_bf16(torch.device('cpu')) else 'fp32'}\n" + """
 seed: 0
 device: cpu
 data: {frames: 5, max_digits: 1}
@@ -263,17 +265,17 @@ def test_objectives_reuse_the_run_and_score_each(val, images, tmp_path, monkeypa
     monkeypatch.setattr(train, "video_dataset", lambda *a, **k: pytest.fail("the latents were encoded again"))
     info = dict(train_s=0.0, steps=0, seed=0, val_acc=1.0, val_acc_degraded=1.0)
     monkeypatch.setattr(bench, "load_judge", lambda path: (Templates(val, images), dict(info, path=path)))
-    bench.main(["objectives", "--run", str(run), "--minutes", "0.01", "--n", "1",
+    bench.main(["compare", "--run", str(run), "--minutes", "0.01", "--n", "1",
                 "--objectives", "flow", "--out", str(tmp_path / "bench")])
-    report = json.loads((tmp_path / "bench" / "objectives.json").read_text())
+    report = json.loads((tmp_path / "bench" / "compare.json").read_text())
     flow = report["rows"]["flow"]
     assert flow["steps"] >= 1 and flow["train_minutes"] > 0 and flow["sample_s_per_video"] > 0
     assert 0 <= flow["both"] <= 1
     assert report["rows"]["real val (judge ceiling)"]["axis"] == 1.0 and report["judged"]["flow"]["n"] == 20
-    cached = tmp_path / "bench" / "objectives" / "flow" / "dit.pt"
+    cached = tmp_path / "bench" / "compare" / "flow" / "dit.pt"
     assert cached.is_file()
     assert "sample s/video" in capsys.readouterr().out
-    again = ["objectives", "--run", str(run), "--minutes", "0.01", "--n", "1", "--objectives", "flow",
+    again = ["compare", "--run", str(run), "--minutes", "0.01", "--n", "1", "--objectives", "flow",
              "--out", str(tmp_path / "bench")]
     bench.main(again)  # same run: the cached model is scored, not retrained
     assert "scoring it as it is" in capsys.readouterr().out
