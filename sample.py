@@ -63,6 +63,7 @@ def build_dit(d, vocab_size, latent_channels):
                        vocab_size=vocab_size, max_text_len=d["text_len"], text_depth=d["text_depth"],
                        patch=d["patch"], patch_t=d["patch_t"], attention=d["attention"],
                        checkpointing=d["checkpointing"], image_channels=latent_channels if d["i2v"] else 0,
+                       guidance_embed=d["guidance_embed"],
                        **(dict(arch="hunyuan", double_depth=None if d["double_depth"] < 0 else d["double_depth"])
                           if d["arch"] == "hunyuan" else {}))
 
@@ -211,7 +212,8 @@ def parser():
     p.add_argument("--prompt", action="append", default=[], help="a caption; repeat for several")
     p.add_argument("--prompts", help="a text file, one prompt a line")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (per stage for the pyramid objective)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (per stage for the pyramid); default 50, a distilled checkpoint's own (07)")
     p.add_argument("--cfg", type=float, default=None,
                    help="classifier-free guidance scale; 1 turns it off (default: the checkpoint's dit.sample_cfg)")
     p.add_argument("--cfg-rescale", type=float, default=None,
@@ -251,7 +253,7 @@ def read_prompts(args):
     if any(not text for text in prompts):
         fail("a --prompt is empty: give the caption to generate, e.g. --prompt \"digit 3 is moving up and down\"")
     for name in ("n", "steps", "batch"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             fail(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.cfg_rescale is not None and not 0 <= args.cfg_rescale <= 1:
         fail(f"--cfg-rescale must be in [0, 1], got {args.cfg_rescale}")
@@ -309,6 +311,7 @@ def sampler(args, prompts=()):
     check_dtype(device, dtype)
     cfg = d["sample_cfg"] if args.cfg is None else args.cfg
     rescale = d["sample_cfg_rescale"] if args.cfg_rescale is None else args.cfg_rescale
+    steps = args.steps if args.steps else config["distill"]["sample_steps"] if config["distill"]["teacher"] else 50
     try:  # what needs the checkpoint, before any generation
         check_request(model, objective, vae, latent_shape, args.frames, args.image is not None)
         tokenizer.encode(list(prompts), d["text_len"])  # too long, or empty; unseen words only warn
@@ -321,7 +324,7 @@ def sampler(args, prompts=()):
         tokenizer.encode(prompts, d["text_len"])  # fail (or warn about unseen words) before any work
         if images is None and image is not None:
             images = image.expand(len(prompts), -1, -1, -1, -1)
-        return generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], args.steps, cfg,
+        return generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], steps, cfg,
                         seed, device, dtype, rescale, progress, images=images, frames=args.frames)
     return generate_fn, vae, config
 

@@ -183,6 +183,7 @@ class DiTConfig:
     pyramid_stage_ratios: list[float] = field(default_factory=list)  # pyramid: batch share per stage; [] = equal (05)
     pyramid_shift: float = 1.0       # pyramid: time shift of the stage windows; the official scripts train at 1 (05)
     history_noise: float = 1 / 3     # pyramid: history frames get sigma ~ U(0, history_noise) in training (05)
+    guidance_embed: bool = False     # the guidance scale is an input (HunyuanVideo's distilled DiT; 07_distill.py)
     i2v: bool = False                # flow/ddpm: also learn image-to-video, the first latent frame as input (03)
     i2v_drop: float = 0.1            # i2v: the share of samples trained without the image (text-to-video)
     images: float = 0.0              # share of each step's token budget spent on captioned images (1 latent frame)
@@ -193,6 +194,21 @@ class DiTConfig:
     prompts: list[str] = field(default_factory=lambda: [
         "digit 0 is moving up and down", "digit 3 is moving left and right",
         "digit 7 is moving up and down", "digit 5 is moving left and right and digit 1 is moving up and down"])
+
+
+@dataclass
+class DistillConfig:
+    """07_distill.py: a flow DiT's sampling made cheap in two fine-tuning stages, each skipped at 0 steps."""
+    teacher: str = ""                # the dit.pt to distil (flow objective); its run's latents.pt beside it
+    guidance_steps: int = 1500       # 1: guidance distillation (HunyuanVideo): one forward per step, not two
+    guidance_min: float = 1.0        # the scales w it learns, drawn uniformly (HunyuanVideo: 1 to 8)
+    guidance_max: float = 8.0
+    reflow_pairs: int = 4096         # 2: reflow (Liu et al. 2022): noise -> sample pairs of the stage-1 model
+    reflow_teacher_steps: int = 25   # Euler steps that make each pair's sample
+    reflow_steps: int = 2000         # training steps on the straight paths between the pairs
+    batch_size: int = 64
+    lr: float = 3e-4
+    sample_steps: int = 2            # what sample.py and the studio use for the distilled model by default
 
 
 @dataclass
@@ -209,6 +225,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", "mps"),
