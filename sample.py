@@ -24,14 +24,13 @@ import os
 import re
 from collections import Counter
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from data.checkpoint import load_checkpoint, save_checkpoint
 from data.config import ArgumentParser, autocast, check_dtype, config_from_dict, pick_device
-from data.moving_mnist import save_gif
+from data.moving_mnist import contact_sheet, save_gif
 from data.tokenizer import Tokenizer
+from data.video_folder import image_frames, open_image
 
 vae_lib = importlib.import_module("01_vae")
 dit_lib = importlib.import_module("02_dit")
@@ -189,23 +188,6 @@ def slug(prompt):
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:80] or "prompt"
 
 
-def contact_sheet(videos, prompts, n, frames=5, label_width=230):
-    """A PNG: one row per prompt, n samples side by side, each shown as `frames` evenly spaced frames."""
-    _, _, t, h, w = videos.shape
-    picks = torch.linspace(0, t - 1, min(frames, t)).round().long()
-    cell = len(picks) * w + 6
-    sheet = Image.new("L", (label_width + n * cell, len(prompts) * (h + 4)), 0)
-    draw = ImageDraw.Draw(sheet)
-    for row, prompt in enumerate(prompts):
-        draw.text((4, row * (h + 4) + h // 2 - 6), prompt, fill=255)
-        for i in range(n):
-            video = videos[row * n + i, :, picks]  # (C, F, H, W)
-            strip = ((video.mean(0) + 1) * 127.5).round().byte()  # grayscale strip of frames
-            strip = torch.cat(list(strip), dim=1).cpu().numpy()
-            sheet.paste(Image.fromarray(strip, "L"), (label_width + i * cell, row * (h + 4)))
-    return sheet
-
-
 def parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a dit.pt written by train.py, or data/pretrained/tiny.pt")
@@ -264,38 +246,6 @@ def read_prompts(args):
     if args.image is not None:
         open_image(args.image)  # missing or unreadable: say so now; its size and mode need the checkpoint
     return prompts
-
-
-def open_image(path):
-    """The picture in a png or jpg file, or a gif's first frame (PIL), or a one-line error naming the file."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: no --image file at {path}")
-    try:
-        with Image.open(path) as image:
-            image.seek(0)  # an animation's first frame
-            image.load()
-            return image.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's "cannot identify" is an OSError
-        raise SystemExit(f"error: cannot read --image {path} as a png, jpg or gif: {e}") from None
-
-
-def image_frames(path, channels, height, width):
-    """--image as the first frame (1, channels, 1, height, width) in [-1, 1] that the checkpoint's VAE takes:
-    gray (mode L) for 1 channel, RGB for 3, at the trained size; otherwise a one-line error naming the file."""
-    if channels not in (1, 3):
-        raise SystemExit(f"error: this checkpoint's VAE takes {channels} channels, which no image file has")
-    image = open_image(path)
-    expected = f"a {height}x{width} (height x width) {'gray (mode L)' if channels == 1 else 'RGB'} image"
-    if image.size != (width, height):
-        raise SystemExit(f"error: --image {path} is {image.height}x{image.width}; this checkpoint makes "
-                         f"{height}x{width} frames, so give {expected}")
-    rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
-    if channels == 1 and not (rgb == rgb[..., :1]).all():
-        raise SystemExit(f"error: --image {path} is in colour ({image.mode}), but this checkpoint's VAE takes "
-                         f"1 channel: give {expected}")
-    pixels = torch.from_numpy(np.array(image.convert("L" if channels == 1 else "RGB"))).float()
-    pixels = pixels.view(height, width, channels).permute(2, 0, 1) / 127.5 - 1  # (C, H, W) in [-1, 1]
-    return pixels[None, :, None]  # (1, C, 1, H, W)
 
 
 def sampler(args, prompts=()):

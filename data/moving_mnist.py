@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 MNIST_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist")
@@ -145,7 +146,6 @@ def save_gif(path, video, fps=8):
     """Write a video float [C, T, H, W] in [-1, 1] (C = 1 or 3) as a looping GIF."""
     frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
     frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, C)
-    from PIL import Image
     mode = "L" if frames.shape[-1] == 1 else "RGB"
     images = [Image.fromarray(f.squeeze(-1) if mode == "L" else f, mode) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
@@ -160,6 +160,23 @@ def video_grid(videos, columns):
         r, col = divmod(i, columns)
         grid[:, :, r * (h + 2):r * (h + 2) + h, col * (w + 2):col * (w + 2) + w] = v
     return grid
+
+
+def contact_sheet(videos, prompts, n, frames=5, label_width=230):
+    """A PNG: one row per prompt, n samples side by side, each shown as `frames` evenly spaced frames."""
+    _, _, t, h, w = videos.shape
+    picks = torch.linspace(0, t - 1, min(frames, t)).round().long()
+    cell = len(picks) * w + 6
+    sheet = Image.new("L", (label_width + n * cell, len(prompts) * (h + 4)), 0)
+    draw = ImageDraw.Draw(sheet)
+    for row, prompt in enumerate(prompts):
+        draw.text((4, row * (h + 4) + h // 2 - 6), prompt, fill=255)
+        for i in range(n):
+            video = videos[row * n + i, :, picks]  # (C, F, H, W)
+            strip = ((video.mean(0) + 1) * 127.5).round().byte()  # grayscale strip of frames
+            strip = torch.cat(list(strip), dim=1).cpu().numpy()
+            sheet.paste(Image.fromarray(strip, "L"), (label_width + i * cell, row * (h + 4)))
+    return sheet
 
 
 if __name__ == "__main__":

@@ -278,6 +278,39 @@ def format_report(report, root):
 
 
 # ----------------------------------------------------------------------------- dataset
+# ----------------------------------------------------------------------------- one picture, as sample.py --image reads it
+def open_image(path):
+    """The picture in a png or jpg file, or a gif's first frame (PIL), or a one-line error naming the file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no --image file at {path}")
+    try:
+        with Image.open(path) as image:
+            image.seek(0)  # an animation's first frame
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's "cannot identify" is an OSError
+        raise SystemExit(f"error: cannot read --image {path} as a png, jpg or gif: {e}") from None
+
+
+def image_frames(path, channels, height, width):
+    """--image as the first frame (1, channels, 1, height, width) in [-1, 1] that the checkpoint's VAE takes:
+    gray (mode L) for 1 channel, RGB for 3, at the trained size; otherwise a one-line error naming the file."""
+    if channels not in (1, 3):
+        raise SystemExit(f"error: this checkpoint's VAE takes {channels} channels, which no image file has")
+    image = open_image(path)
+    expected = f"a {height}x{width} (height x width) {'gray (mode L)' if channels == 1 else 'RGB'} image"
+    if image.size != (width, height):
+        raise SystemExit(f"error: --image {path} is {image.height}x{image.width}; this checkpoint makes "
+                         f"{height}x{width} frames, so give {expected}")
+    rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    if channels == 1 and not (rgb == rgb[..., :1]).all():
+        raise SystemExit(f"error: --image {path} is in colour ({image.mode}), but this checkpoint's VAE takes "
+                         f"1 channel: give {expected}")
+    pixels = torch.from_numpy(np.array(image.convert("L" if channels == 1 else "RGB"))).float()
+    pixels = pixels.view(height, width, channels).permute(2, 0, 1) / 127.5 - 1  # (C, H, W) in [-1, 1]
+    return pixels[None, :, None]  # (1, C, 1, H, W)
+
+
 class VideoFolder(Dataset):
     def __init__(self, root, num_frames=17, size=64, channels=1, train=True, pairs=None, images=False):
         """pairs: [(media_path, txt_path)] from scan_folder; None lists every pair in `root` unchecked.
