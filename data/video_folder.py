@@ -277,7 +277,6 @@ def format_report(report, root):
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- dataset
 # ----------------------------------------------------------------------------- one picture, as sample.py --image reads it
 def open_image(path):
     """The picture in a png or jpg file, or a gif's first frame (PIL), or a one-line error naming the file."""
@@ -311,6 +310,7 @@ def image_frames(path, channels, height, width):
     return pixels[None, :, None]  # (1, C, 1, H, W)
 
 
+# ----------------------------------------------------------------------------- dataset
 class VideoFolder(Dataset):
     def __init__(self, root, num_frames=17, size=64, channels=1, train=True, pairs=None, images=False):
         """pairs: [(media_path, txt_path)] from scan_folder; None lists every pair in `root` unchecked.
