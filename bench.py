@@ -6,7 +6,6 @@
     python bench.py compare --run OUT            # ddpm vs flow vs pyramid at equal wall time on OUT's latents
     python bench.py compare --run OUT --variant a='--dit.depth=4' --variant b='--dit.depth=8'   # any variants
     python bench.py compare --vae-minutes 4 --variant kl= --variant fsq='--vae.bottleneck=fsq'  # VAE designs
-    torchrun --standalone --nproc_per_node=2 bench.py context --frames 65   # context-parallel VAE memory
 
 quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN, trained on the shipped
 MNIST digits 0-7999 (validated on 8000-9999) and cached in runs/bench/judge.pt, reads the digit in every
@@ -24,10 +23,8 @@ on its own VAE trained first (--vae-minutes), then scored by quality() -> runs/b
 context: encode + decode of one long video in one process or split in time over torchrun's ranks (01's
 ContextParallel), each rank's peak memory and time -> runs/bench/context_<ranks>.json.
 """
-import contextlib
 import dataclasses
 import datetime
-import itertools
 import json
 import os
 import platform
@@ -36,7 +33,6 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,6 +44,7 @@ from data.config import native_bf16
 from data.judge import PROMPTS, judge, load_judge, print_quality, quality, read_videos, real_videos
 
 vae_lib, parallel = sample.vae_lib, train.parallel
+peak_mib = parallel.peak_mib
 
 # ----------------------------------------------------------------------------- quality
 def load_generator(ckpt, *sample_flags):
@@ -138,37 +135,6 @@ def seconds(fn, device, reps, reduce=min, warmup=True):
         sync()
         times.append(time.perf_counter() - start)
     return reduce(times)
-
-
-@contextlib.contextmanager
-def silent_fd(fd):
-    """Discard what C++ code writes to a file descriptor: the profiler logs its own start and stop lines to
-    stderr, past Python's sys.stderr, between the tables."""
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), fd)
-    try:
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-
-
-def peak_mib(fn, device):
-    """Peak memory one call of fn allocates above what was held before (weights, inputs), in MiB. CUDA: the
-    allocator's peak. CPU: the profiler's trace of every allocation and free summed in time order (its per-op
-    tables fold allocations into ops, losing the order); never inside a timed call, as it slows fn down."""
-    if device.type == "cuda":  # the allocator counts when kernels are queued: no need to wait for them
-        held = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        return (torch.cuda.max_memory_allocated() - held) / 2 ** 20
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with silent_fd(2), torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        fn()
-    trace = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    return max(itertools.accumulate((n for _, n in trace), initial=0)) / 2 ** 20
 
 
 def backward_step(model, loss_fn, device, precision, optimizers=()):
@@ -477,51 +443,6 @@ def run_compare(args):
                  os.path.join(args.out, f"{name_of}.json"), begin)
 
 
-# ----------------------------------------------------------------------------- context parallel
-def run_context(args):
-    """Encode + decode of one long video with the config's VAE, alone or split in time over the torchrun ranks
-    (06_parallel's ContextParallel): each rank's peak memory and the time, and the gap to the single-process pass."""
-    begin = time.perf_counter()
-    cfg, _ = train.parse_args(["--config", args.config, *args.overrides])
-    rank, world, local = parallel.setup()
-    device = sample.pick_device("cuda" if args.device == "cuda" else "cpu", local)
-    torch.manual_seed(0)  # the same weights and video on every rank
-    vae = sample.build_vae(dataclasses.asdict(cfg)).to(device).eval()
-    if args.vae:
-        vae.load_state_dict(sample.load_checkpoint(args.vae, "vae")["model"])
-    size, tc = args.size or cfg.data.size, vae.time_compression
-    video = torch.rand(1, cfg.data.channels, args.frames, size, size, device=device) * 2 - 1
-    cp = parallel.ContextParallel() if world > 1 else None
-    try:
-        vae.check_video(video)
-        piece = video if cp is None else cp.split(video, tc)
-    except ValueError as e:
-        raise SystemExit(f"error: --frames {args.frames}, --size {size}: {e}") from None
-
-    @torch.no_grad()
-    def codec():
-        return vae.decode(vae.encode(piece, cache=cp).mode(), cache=cp)
-    s, mib = seconds(codec, device, args.reps), peak_mib(codec, device)
-    gathered = [None] * world
-    mine = dict(rank=rank, frames=piece.shape[2], s=s, peak_MiB=mib)
-    if world > 1:
-        dist.all_gather_object(gathered, mine)
-        out = cp.gather(codec())
-    else:
-        gathered, out = [mine], codec()
-    if rank == 0:
-        with torch.no_grad():
-            gap = (out - vae.decode(vae.encode(video).mode())).abs().max().item()  # this rank holds the whole video
-        rows = {f"rank {r['rank']}": dict(frames=r["frames"], s=r["s"], peak_MiB=r["peak_MiB"]) for r in gathered}
-        table(f"VAE encode + decode of one {args.frames}-frame {size}x{size} video on {world} rank(s) "
-              f"({params(vae) / 1e6:.2f}M parameters); max |difference| to one process {gap:.1e}", rows)
-        write_report(dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(),
-                          config=args.config, frames=args.frames, size=size, world=world, rows=rows, max_gap=gap),
-                     os.path.join(args.out, f"context_{world}.json"), begin)
-    if world > 1:
-        dist.destroy_process_group()
-
-
 # ----------------------------------------------------------------------------- command line
 def machine():
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
@@ -579,16 +500,6 @@ def main(argv=None):
         o.add_argument("--n", type=int, default=8, help="samples per prompt (20 one-digit, 20 two-digit prompts)")
         o.add_argument("--out", default="runs/bench", help=f"where judge.pt, {command}/ and {command}.json go")
         o.set_defaults(run=run_compare)
-    c = sub.add_parser("context", help="one long video through the VAE on 1 rank, or split over torchrun's ranks")
-    c.add_argument("--config", default="tiny.yaml", help="the VAE to build (and data.size, data.channels)")
-    c.add_argument("--vae", default="", help="a vae.pt to load (default: random weights; memory and time are alike)")
-    c.add_argument("--frames", type=int, default=65, help="video length, 1 + tc k")
-    c.add_argument("--size", type=int, default=0, help="height and width (default: data.size)")
-    c.add_argument("--reps", type=int, default=3, help="timed calls after a warm-up; the best counts")
-    c.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    c.add_argument("--out", default="runs/bench", help="where context_<ranks>.json goes")
-    c.add_argument("overrides", nargs="*", help="config overrides, e.g. --vae.time_compression=4 (after --)")
-    c.set_defaults(run=run_context)
     args = parser.parse_args(argv)
     args.command_line = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if getattr(args, "n", 1) < 1 or getattr(args, "frames", 2) < 2:

@@ -311,18 +311,6 @@ def test_compare_trains_each_variant_its_own_vae_and_reports_the_vae_columns(val
         bench.main(["compare", "--run", str(tmp_path), "--variant", "nameless"])
 
 
-def test_context_reports_memory_and_refuses_a_bad_length(tmp_path, capsys):
-    import json
-    (tmp_path / "toy.yaml").write_text(TOY)
-    bench.main(["context", "--config", str(tmp_path / "toy.yaml"), "--frames", "9", "--reps", "1",
-                "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "context_1.json").read_text())
-    assert report["world"] == 1 and report["max_gap"] == 0 and report["rows"]["rank 0"]["frames"] == 9
-    assert report["rows"]["rank 0"]["peak_MiB"] > 0
-    with pytest.raises(SystemExit, match=r"^error: --frames 8.*takes 1 \+ 2k frames"):
-        bench.main(["context", "--config", str(tmp_path / "toy.yaml"), "--frames", "8", "--out", str(tmp_path)])
-
-
 @pytest.mark.filterwarnings("ignore:prompt")
 def test_quality_scores_image_to_video_and_the_tail_of_longer_videos(val, images, tmp_path, monkeypatch):
     import json

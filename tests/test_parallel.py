@@ -4,6 +4,7 @@ sequence-parallel DiT (both archs) directly, and DDP, FSDP2 and both splits thro
 One torchrun launch (tests/parallel_worker.py) runs every case; the tests compare what each rank saved.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -134,3 +135,19 @@ def test_context_and_sequence_parallel_run_equals_one_process(modes):
     torch.testing.assert_close(parallel["latents"].float(), single["latents"].float(), rtol=0, atol=2e-3)
     assert parallel["captions"] == single["captions"]
     assert_same(ckpts["single"]["model"], ckpts["parallel"]["model"])
+
+
+# ----------------------------------------------------------------------------- 06_parallel.py's demo
+def test_the_demo_prints_each_mode_equal_to_one_process_and_its_memory():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "06_parallel.py")]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [line for line in result.stdout.splitlines() if line[:2] in ("1.", "2.", "3.", "4.")]
+    assert len(lines) == 4, result.stdout
+    for line in lines:  # each mode gives what one process gives, to float rounding
+        assert float(line.split("to one process ")[1].split(";")[0]) < 1e-4, line
+    assert "model state 14.6 MiB" in lines[1] and "model state 29.2 MiB" in lines[0]  # FSDP2 holds half
+    mine, whole = (float(x) for x in re.findall(r"encode \+ decode (\d+) MiB \(one process: (\d+) MiB\)", lines[3])[0])
+    assert mine < 0.75 * whole  # a rank holds about half the video's activations
