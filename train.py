@@ -11,10 +11,8 @@ trains the BPE tokenizer on the captions, then trains the text encoder and the
 transformer of 02_dit.py with one of three objectives (03 ddpm, 04 flow, 05 pyramid)
 and writes OUT/dit.pt, which sample.py turns into GIFs.
 
-Data parallel under torchrun, plain `python train.py` too, and the other modes of
-06_parallel.py; mixed precision (bf16 autocast on CPU and GPU, fp16 with a GradScaler);
-AdamW; EMA weights for sampling; checkpoints written atomically that resume bit-exactly.
-Every option, its default and its check before work: data/config.py.
+Data parallel under torchrun (and 06_parallel.py's other modes), mixed precision, AdamW, EMA weights
+for sampling, checkpoints that resume bit-exactly; every option and its check: data/config.py.
 """
 import copy
 import dataclasses
@@ -22,15 +20,11 @@ import importlib
 import json
 import math
 import os
-import random
-import shutil
 import signal
-import sys
 import time
 import warnings
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -43,8 +37,8 @@ except ImportError:
 from tqdm import tqdm
 
 from data import schedule
-from data.checkpoint import load_checkpoint, save_checkpoint
-from data.config import autocast, check_config, check_dtype, native_bf16, parse_args, pick_device
+from data.checkpoint import fingerprint, load_checkpoint, resume_rng, rng_state, save_checkpoint
+from data.config import autocast, check_config, check_dtype, compiles, parse_args, pick_device
 from data.loading import batches, check_folder, data_position, scan, video_dataset
 from data.moving_mnist import save_gif, video_grid
 from data.tokenizer import Tokenizer
@@ -56,33 +50,6 @@ parallel = importlib.import_module("06_parallel")
 
 
 # ----------------------------------------------------------------------------- exact resume, clean stops
-def rng_state():
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def resume_rng(ckpt, rank, world):
-    """Every rank's RNG as the checkpoint saved it (all ranks' states: parallel.gather_objects(rng_state()))."""
-    states = ckpt["rng"]
-    if len(states) == world:
-        set_rng_state(states[rank])
-    else:  # the data order still resumes; only the noise differs from an uninterrupted run
-        print(f"[rank {rank}] checkpoint was written by {len(states)} rank(s), this run has {world}: "
-              "resuming with fresh random noise", file=sys.stderr)
-        torch.manual_seed(ckpt["step"] * 1000 + rank)
-
-
 STOP = {"signal": None}  # set by SIGINT (Ctrl-C) or SIGTERM: the training loop saves at its current step, then exits
 
 
@@ -148,22 +115,6 @@ def ema_update(ema, model, decay):
         e.lerp_(p.detach().float(), 1 - decay)
 
 
-def probe(step_fn, stateful, device, n=3):
-    """Seconds per training step, the mean of n steps after one warm-up (which compiles, if anything does),
-    the same on every rank. The weights, optimizer moments and RNG are put back afterwards: the run then goes
-    on exactly as if it had not been timed."""
-    saved, rng = [copy.deepcopy(m.state_dict()) for m in stateful], rng_state()
-    step_fn()
-    begin = time.perf_counter()
-    for _ in range(n):
-        step_fn()
-    seconds = (time.perf_counter() - begin) / n
-    for m, state in zip(stateful, saved):
-        m.load_state_dict(state)
-    set_rng_state(rng)
-    return parallel.mean_over_ranks(seconds, device)
-
-
 # ----------------------------------------------------------------------------- logging
 class Logger:
     """Rank 0 alone writes: a tqdm bar, metrics as JSON lines, the resolved config."""
@@ -208,8 +159,7 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
     opt = torch.optim.AdamW(vae.parameters(), lr=v.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     disc = criterion.disc
     opt_d = torch.optim.AdamW(disc.parameters(), lr=v.lr, betas=(0.5, 0.9), fused=True) if disc is not None else None
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
-    scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+    scaler, scaler_d = (torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16") for _ in range(2))
     start, total = 0, v.steps
     if resume and os.path.isfile(path):
         ckpt = load_checkpoint(path, "vae")
@@ -229,8 +179,7 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
     model = parallel.data_parallel(vae) if world > 1 else vae
     disc_model = parallel.data_parallel(disc) if world > 1 and disc is not None else disc
 
-    per_rank = v.batch_size // world
-    last_layer = vae.last_layer
+    per_rank, last_layer = v.batch_size // world, vae.last_layer
 
     def image_steps(step):  # steps before `step` that trained on images: every 1/v.images-th, spread evenly
         return math.floor(step * v.images)
@@ -238,8 +187,10 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
     if deadline is not None and start == 0:  # time the VAE's step on one real batch, then size the stage
         x = vae_samples(cfg, "train", v.frames, per_rank, device)
         stateful = [vae, criterion, opt, scaler] + ([opt_d] if opt_d else [])
-        seconds = probe(lambda: train_step(model, opt, scaler, lambda m, b: criterion(b, *m(b), 0, last_layer),
-                                           [x], device, cfg.dtype, cfg.clip_grad), stateful, device)
+        def timed():
+            train_step(model, opt, scaler, lambda m, b: criterion(b, *m(b), 0, last_layer), [x], device, cfg.dtype,
+                       cfg.clip_grad)
+        seconds = parallel.mean_over_ranks(schedule.probe(timed, stateful), device)
         [total] = schedule.budget_steps([total], [seconds], deadline, logger.print, "VAE")
         logger.bar.total, logger.last = total, time.perf_counter()
     train_set = video_dataset(cfg, "train", v.frames, length=max(total * v.batch_size, 1000))
@@ -256,8 +207,8 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
         return dict(kind="vae", step=step, config=dataclasses.asdict(cfg), model=vae.state_dict(),
                     criterion=criterion.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                     optimizer_d=opt_d.state_dict() if opt_d else None, scaler_d=scaler_d.state_dict(),
-                    rng=parallel.gather_objects(rng_state()), data_position=data_position(step, len(train_set), v.batch_size),
-                    planned_steps=total)
+                    rng=parallel.gather_objects(rng_state()), planned_steps=total,
+                    data_position=data_position(step, len(train_set), v.batch_size))
 
     for step in range(start, total):
         for group in opt.param_groups:
@@ -322,25 +273,12 @@ def validate_vae(cfg, vae, device, gif_path, n=32):
 
 
 # ----------------------------------------------------------------------------- stage 2: DiT
-def fingerprint(state_dict):
-    """A content hash of weights, so the latent cache is rebuilt exactly when the VAE changed."""
-    import hashlib
-    h = hashlib.sha1()
-    for k, t in state_dict.items():
-        h.update(k.encode())
-        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 @torch.no_grad()
 def cached_latents(cfg, vae, vae_ckpt, rank, world, device, kind="video", frames=None, size=None):
     """Encode the training videos once: (latents * scaling_factor, captions), from OUT/latents.pt if it matches.
-
-    Each rank encodes every world-th video; rank 0 stitches the parts together.
-    The posterior mean is cached (the KL weight is tiny, so its spread is negligible).
-    Another shape (kind "image", fewer frames, a lower size) is cached in OUT/latents_<kind><frames>_<size>.pt;
-    a lower size is rendered at data.size and downsampled (area average) before encoding.
-    """
+    Each rank encodes every world-th video; the posterior mean is cached (the KL weight is tiny, so its spread
+    is negligible). Another shape (kind "image", fewer frames, a lower size, rendered at data.size and
+    area-downsampled) is cached in OUT/latents_<kind><frames>_<size>.pt."""
     d = cfg.dit
     frames, size = frames or cfg.data.frames, size or cfg.data.size
     default = (kind, frames, size) == ("video", cfg.data.frames, cfg.data.size)
@@ -383,9 +321,6 @@ def cached_latents(cfg, vae, vae_ckpt, rank, world, device, kind="video", frames
     captions = [ds.caption(i) if hasattr(ds, "caption") else ds[i][1] for i in range(n)]
     if rank == 0:
         save_checkpoint(path, dict(key=key, latents=latents, captions=captions))
-        if resource is not None:  # the memory of encoding, to compare settings such as vae.context_parallel
-            print(f"latent cache {os.path.basename(path)}: {n} {kind}s; peak memory of rank 0 so far "
-                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     parallel.barrier()
     return latents, captions
 
@@ -394,8 +329,7 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
     """deadline (time.perf_counter()): a budgeted run's end; every phase's steps are sized from a probe."""
     d = cfg.dit
     path = os.path.join(cfg.out_dir, "dit.pt")
-    vae_path = d.vae_ckpt or os.path.join(cfg.out_dir, "vae.pt")
-    vae_ckpt = load_checkpoint(vae_path, "vae")
+    vae_ckpt = load_checkpoint(d.vae_ckpt or os.path.join(cfg.out_dir, "vae.pt"), "vae")
     vae = load_vae(vae_ckpt, device)
     phases = schedule.resolve_phases(cfg)
     ranks = world // d.sequence_parallel  # data-parallel ranks: those of one sequence share their samples
@@ -417,10 +351,8 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
     torch.manual_seed(cfg.seed)
     model = build_dit(dataclasses.asdict(d), tokenizer.vocab_size, latent_shape[0]).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)  # whole on every rank, FSDP or not; previews use it alone
-    if d.fsdp:
-        parallel.shard(model)
-    # the ranks of one sequence-parallel group see the same samples and draw the same noise: to the data they
-    # are one rank, sp_rank of sp_world
+    model = parallel.shard(model) if d.fsdp else model
+    # a sequence-parallel group's ranks see the same samples and noise: to the data they are one, sp_rank of sp_world
     sp_group, sp_rank, sp_world = parallel.subgroups(d.sequence_parallel, rank, world)
     if sp_group is not None:
         model.parallel = parallel.Ulysses(sp_group)
@@ -444,16 +376,14 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
         resume_rng(ckpt, rank, world)
     else:
         torch.manual_seed(cfg.seed + sp_rank)
-    # only the training step is compiled; previews call the EMA copy eagerly, so no batch size recompiles it.
-    # Inductor leaves RoPE's complex multiply to eager kernels and warns; everything around it still fuses.
+    # only the training step is compiled (previews call the EMA copy eagerly, so no batch size recompiles it);
+    # inductor leaves RoPE's complex multiply to eager kernels, and says so
     warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
     step_model = torch.compile(model) if compiles(d, device) else model
     step_model = parallel.data_parallel(step_model) if world > 1 and not d.fsdp else step_model
 
     def dit_loss(m, micro):
-        x0, ids_, mask_ = micro
-        ids_, mask_ = diffusion.drop_captions(ids_, mask_, d.caption_dropout)
-        cond = dict(ids=ids_, mask=mask_)
+        x0, cond = micro[0], dict(zip(("ids", "mask"), diffusion.drop_captions(*micro[1:], d.caption_dropout)))
         if d.i2v:  # CogVideoX-I2V: the first latent frame, noise-augmented, as the image input (03); an image
             cond["image"] = diffusion.image_condition(x0, d.i2v_drop if x0.shape[2] > 1 else 1.0)  # has none
         return objective.loss(m, x0, cond, rank=sp_rank, world_size=sp_world), {}
@@ -467,7 +397,8 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
             train_step(step_model, opt, scaler, dit_loss, micro_batches(rows, device, d.grad_accum), device,
                        cfg.dtype, cfg.clip_grad)
             ema_update(ema, model, d.ema_decay)
-        seconds = [probe(lambda: timed(p), [model, ema, opt, scaler], device) for p in range(len(phases))]
+        seconds = [parallel.mean_over_ranks(schedule.probe(lambda: timed(p), [model, ema, opt, scaler]), device)
+                   for p in range(len(phases))]
         planned = schedule.budget_steps(planned, seconds, deadline, logger.print, "DiT")
         logger.bar.total, logger.last = sum(planned), time.perf_counter()
     n_videos = len(datasets[("video", phases[-1]["frames"][-1], phases[-1]["size"])])
@@ -522,17 +453,6 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
             logger.print(f"step {step + 1}: samples of {len(d.prompts)} prompts in {gif}")
     logger.bar.close()
     parallel.barrier()
-
-
-def compiles(d, device):
-    """dit.compile: true, false, or auto: compile where it was measured to pay (docs/speed.md), on CUDA or on a
-    CPU with native bf16 (AVX512-BF16, AMX) and a C++ compiler for inductor; on an AVX2-only CPU in fp32,
-    compiling a step's shapes took minutes of a 15-minute run. FSDP and sequence parallelism run eagerly."""
-    if d.compile != "auto":
-        return d.compile == "true"
-    if d.fsdp or d.sequence_parallel > 1:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and native_bf16(device) and shutil.which("c++") is not None)
 
 
 # ----------------------------------------------------------------------------- main

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import os
+import shutil
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -68,6 +69,17 @@ def autocast(device, dtype):
     if dtype == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def compiles(d, device):
+    """dit.compile: true, false, or auto: compile where it was measured to pay (docs/speed.md), on CUDA or on a
+    CPU with native bf16 (AVX512-BF16, AMX) and a C++ compiler for inductor; on an AVX2-only CPU in fp32,
+    compiling a step's shapes took minutes of a 15-minute run. FSDP and sequence parallelism run eagerly."""
+    if d.compile != "auto":
+        return d.compile == "true"
+    if d.fsdp or d.sequence_parallel > 1:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and native_bf16(device) and shutil.which("c++") is not None)
 
 
 # ----------------------------------------------------------------------------- the options

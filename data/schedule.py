@@ -29,10 +29,13 @@ The time budget (--budget_minutes): each stage times a few of its own training s
 and the optimizer put back afterwards), then scales the steps of the config, every phase alike, so that
 the stage ends by its deadline.
 """
+import copy
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
+
+from data.checkpoint import rng_state, set_rng_state
 
 
 def lr_at(step, base, warmup, total, decay=1.0):
@@ -115,6 +118,22 @@ def scale_steps(steps, seconds_per_step, seconds):
 def shapes(phases, cfg, ranks):
     """Every (kind, frames, size) some phase trains on: the latent caches the run needs."""
     return sorted({(b.kind, b.frames, b.size) for p in phases for b in step_buckets(p, cfg, ranks)})
+
+
+def probe(step_fn, stateful, n=3):
+    """Seconds per training step, the mean of n steps after one warm-up (which compiles, if anything does),
+    the same on every rank. The weights, optimizer moments and RNG are put back afterwards: the run then goes
+    on exactly as if it had not been timed. train.py averages it over the ranks."""
+    saved, rng = [copy.deepcopy(m.state_dict()) for m in stateful], rng_state()
+    step_fn()
+    begin = time.perf_counter()
+    for _ in range(n):
+        step_fn()
+    seconds = (time.perf_counter() - begin) / n
+    for m, state in zip(stateful, saved):
+        m.load_state_dict(state)
+    set_rng_state(rng)
+    return seconds
 
 
 def budget_steps(steps, seconds_per_step, deadline, logger, what):
