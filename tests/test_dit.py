@@ -35,8 +35,6 @@ def test_bad_inputs_are_errors():
         make(attention="factorized")(x, torch.zeros(1), *ids_mask, causal=True)
     with pytest.raises(ValueError, match="patch_t=1"):
         make(patch_t=2)(x, torch.zeros(1), *ids_mask, history=[torch.randn(1, C, 1, 4, 4)])
-    with pytest.raises(ValueError, match="all False"):
-        model(x, torch.zeros(1), ids_mask[0], torch.zeros(1, L, dtype=torch.bool))
 
 
 def test_at_init_output_is_zero_and_every_block_is_the_identity():
