@@ -32,12 +32,9 @@ from einops import rearrange
 
 
 class CausalConv3d(nn.Module):
-    """Conv3d padded causally in time (repeating frame 0) and with zeros in space.
-
-    With a `cache` (ChunkCache, or 06_parallel's ContextParallel) it streams: a piece of the video after the first
-    is front-padded with the last k_t - s_t padded input frames of the piece before, exactly the frames a single
-    pass would see, so the pieces' outputs joined equal the single pass.
-    """
+    """Conv3d padded causally in time (repeating frame 0) and with zeros in space. With a `cache` (ChunkCache, or
+    06_parallel's ContextParallel) it streams: a piece after the first is front-padded with the last k_t - s_t padded
+    input frames of the piece before, the frames a single pass would see, so the joined outputs equal it."""
 
     def __init__(self, cin, cout, kernel=3, stride=1):
         super().__init__()
@@ -58,11 +55,10 @@ class CausalConv3d(nn.Module):
 
 
 class ChunkCache:
-    """The cache protocol of the causal convs, for one video streamed through in chunks by one process:
-    front(conv, first) gives the frames before this chunk (`first`, frame 0 repeated, if it starts the video),
-    keep(conv, tail) stores a conv's last input frames for the next chunk, starts_video(conv) tells the
-    up- and downsamplers whether frame 0 is in this chunk. 06_parallel.ContextParallel answers the same three
-    calls with the frames of the previous rank's piece instead."""
+    """The causal convs' cache protocol, for one video streamed in chunks by one process: front(conv, first) gives the
+    frames before this chunk (`first`, frame 0 repeated, at the start), keep(conv, tail) stores a conv's last input
+    frames for the next chunk, starts_video(conv) says if frame 0 is in this chunk (for the up- and downsamplers).
+    06_parallel.ContextParallel answers the same three calls with the previous rank's frames instead."""
 
     def __init__(self):
         self.tails = {}
@@ -100,17 +96,13 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W, and T too if `time`: a strided causal conv (HunyuanVideo) plus an average.
-
-    In time the shortcut averages [x0], [x1, x2], [x3, x4], ... (CogVideoX's downsampler: the
-    first frame on its own, 1 + 2k -> 1 + k) and the conv, stride 2 over the front-padded
-    [x0, x0, x0, x1, x2, ...], sees [x0, x0, x0], [x0, x1, x2], [x2, x3, x4], ...
-    """
+    """Halve H and W, and T too if `time`: a strided causal conv (HunyuanVideo) plus an average. In time the
+    shortcut averages [x0], [x1, x2], [x3, x4], ... (CogVideoX's downsampler: the first frame on its own,
+    1 + 2k -> 1 + k); the conv, stride 2 over [x0, x0, x0, x1, x2, ...], sees [x0, x0, x0], [x0, x1, x2], ..."""
 
     def __init__(self, channels, time):
         super().__init__()
-        self.time = time
-        self.conv = CausalConv3d(channels, channels, 3, stride=(2 if time else 1, 2, 2))
+        self.time, self.conv = time, CausalConv3d(channels, channels, 3, stride=(2 if time else 1, 2, 2))
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
         at_start = cache is None or cache.starts_video(self.conv)
@@ -122,27 +114,21 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double H and W, and T too if `time`: repeat (nearest), then add a conv of the result.
-
-    In time every frame is repeated and the copy of frame 0 dropped, 1 + k -> 1 + 2k, so the
-    first latent frame decodes to the first frame alone (CogVideoX).
-    """
+    """Double H and W, and T too if `time`: repeat (nearest), then add a conv of the result. In time every frame is
+    repeated and the copy of frame 0 dropped, 1 + k -> 1 + 2k: latent frame 0 decodes to frame 0 alone (CogVideoX)."""
 
     def __init__(self, channels, time):
         super().__init__()
-        self.time = time
-        self.conv = CausalConv3d(channels, channels, 3)
+        self.time, self.conv = time, CausalConv3d(channels, channels, 3)
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
         at_start = cache is None or cache.starts_video(self.conv)
         x = F.interpolate(x, scale_factor=(2 if self.time else 1, 2, 2), mode="nearest")
-        if self.time and at_start:
-            x = x[:, :, 1:]
+        x = x[:, :, 1:] if self.time and at_start else x  # frame 0's copy dropped
         return x + self.conv(x, cache)  # (B, C, T', 2H, 2W)
 
 
-def group_mean(x, channels):
-    """Average groups of neighbouring channels down to `channels`: DC-AE's shortcut into fewer channels."""
+def group_mean(x, channels):  # neighbouring channels averaged down to `channels`: DC-AE's shortcut
     return x.unflatten(1, (channels, -1)).mean(2)
 
 
@@ -158,8 +144,8 @@ class Encoder(nn.Module):
             if i < len(channels) - 1:
                 self.blocks.append(Downsample(ch, time=time_at[i]))
         self.mid = ResBlock(channels[-1], channels[-1], norm)
-        self.norm_out = norm(8, channels[-1])
-        self.conv_out = CausalConv3d(channels[-1], moments * latent_channels)  # the mean (and log-variance for KL)
+        # the mean, and the log-variance for KL
+        self.norm_out, self.conv_out = norm(8, channels[-1]), CausalConv3d(channels[-1], moments * latent_channels)
 
     def forward(self, x, cache=None):  # x: (B, C, T, H, W)
         # patchify p x p pixels into channels (LTX-Video): the convs then run at H/p, far cheaper
@@ -176,16 +162,14 @@ class Decoder(nn.Module):
     def __init__(self, out_channels, channels, latent_channels, layers_per_block, time_up, patch, norm):
         super().__init__()
         self.patch, self.out_channels = patch, out_channels
-        self.conv_in = CausalConv3d(latent_channels, channels[-1])
-        self.mid = ResBlock(channels[-1], channels[-1], norm)
+        self.conv_in, self.mid = CausalConv3d(latent_channels, channels[-1]), ResBlock(channels[-1], channels[-1], norm)
         self.blocks, n = nn.ModuleList(), len(channels) - 1
         for i in reversed(range(len(channels))):
             for j in range(layers_per_block):
                 self.blocks.append(ResBlock(channels[min(i + 1, n)] if j == 0 else channels[i], channels[i], norm))
             if i > 0:  # upsampling n - i of n, counted from the lowest resolution
                 self.blocks.append(Upsample(channels[i], time=time_up[n - i]))
-        self.norm_out = norm(8, channels[0])
-        self.conv_out = CausalConv3d(channels[0], out_channels * patch * patch)
+        self.norm_out, self.conv_out = norm(8, channels[0]), CausalConv3d(channels[0], out_channels * patch * patch)
 
     def forward(self, z, cache=None):  # z: (B, c, t, h, w)
         # shortcuts: the latent channels repeated up to the width, the width averaged down to patch pixels
@@ -210,17 +194,14 @@ class DiagonalGaussian:
     def mode(self):
         return self.mean
 
-    def kl(self):
-        """KL(q || N(0, I)) summed over (c, t, h, w): one number per video, shape (B,)."""
+    def kl(self):  # KL(q || N(0, I)) summed over (c, t, h, w): one number per video, shape (B,)
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
 
 
 class FSQ:
-    """Finite scalar quantization (Mentzer et al. 2023): channel i of z is bounded to L_i levels and rounded.
-
-    The codebook is the grid itself, prod(L_i) points: nothing to learn and no unused entries to die, as they
-    do in VQ-VAE's. Each latent position is one token of it, what an autoregressive video model would predict.
-    """
+    """Finite scalar quantization (Mentzer et al. 2023): channel i of z is bounded to L_i levels and rounded. The
+    codebook is the grid itself, prod(L_i) points: nothing to learn and no unused entries to die, as in VQ-VAE's.
+    Each latent position is one token of it, what an autoregressive video model would predict."""
 
     def __init__(self, levels):
         self.levels, self.codebook_size = list(levels), math.prod(levels)
@@ -231,9 +212,7 @@ class FSQ:
 
     def __call__(self, z):  # z: (B, c, t, h, w) -> the same, each channel on L values from -1 to 1
         half, offset = self.grid(z.device)
-        # y = (L - 1) / 2 tanh(z) rounds to L values symmetric about 0: -2..2 for L = 5, -1.5..1.5 for L = 4
-        # (the paper shifts an even L's grid to the integers -2..1, which takes an offset inside the tanh)
-        y = half * torch.tanh(z)
+        y = half * torch.tanh(z)  # rounds to L values symmetric about 0: -2..2 for L = 5, -1.5..1.5 for L = 4
         return ((y + offset).round() - offset + (y - y.detach())) / half  # straight-through: dy/dz passes the round
 
     def codes(self, z):  # a latent, or any (B, c, t, h, w) -> the integer codes in [0, L - 1] of the nearest point
@@ -260,47 +239,44 @@ class Quantized(DiagonalGaussian):
 
 
 class CausalVAE(nn.Module):
-    """Causal 3D VAE. Space compression patch * 2 ** (len(channels) - 1); time compression a power
-    of two, done in the last (or first) log2(time_compression) downsamplings. Options: module docstring."""
+    """Causal 3D VAE: space compression patch * 2^(len(channels) - 1), time compression a power of two done in
+    log2(time_compression) of the levels (which: the options, module docstring)."""
 
     def __init__(self, in_channels=1, channels=(32, 64, 128), latent_channels=16, layers_per_block=1,
                  time_compression=4, patch=2, time_compress_at="last", time_expand_at="first", norm="frame",
                  bottleneck="kl", fsq_levels=5):
         super().__init__()
-        for name, value, allowed in (("time_compress_at", time_compress_at, "last, first"), ("time_expand_at",
-                                     time_expand_at, "last, first"), ("norm", norm, "frame, clip"),
-                                     ("bottleneck", bottleneck, "kl, fsq")):
-            if value not in allowed.split(", "):
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        options = dict(time_compress_at=(time_compress_at, "last first"), time_expand_at=(time_expand_at, "last first"),
+                       norm=(norm, "frame clip"), bottleneck=(bottleneck, "kl fsq"))
+        for name, (value, allowed) in options.items():
+            if value not in allowed.split():
+                raise ValueError(f"{name} must be one of {', '.join(allowed.split())}, got {value!r}")
         time_levels, n = int(math.log2(time_compression)), len(channels) - 1
         if 2 ** time_levels != time_compression or time_levels > n:
             raise ValueError(f"time_compression must be a power of two up to 2 ** (len(channels) - 1) = "
                              f"{2 ** n}, got {time_compression}")
         if channels[0] % (in_channels * patch * patch) or channels[-1] % latent_channels:
-            raise ValueError(f"the shortcuts need channels[0] divisible by in_channels * patch**2 = "
-                             f"{in_channels * patch * patch} and channels[-1] by latent_channels = "
-                             f"{latent_channels}, got channels={list(channels)}")
+            need = f"channels[0] divisible by {patch ** 2 * in_channels} (patch^2 x in_channels)"
+            raise ValueError(f"the shortcuts need {need}, channels[-1] by latent_channels = {latent_channels}; got "
+                             f"{list(channels)}")
         levels = [fsq_levels] if isinstance(fsq_levels, int) else list(fsq_levels)
         levels = levels * latent_channels if len(levels) == 1 else levels
         if bottleneck == "fsq" and (len(levels) != latent_channels or min(levels) < 2):
             raise ValueError(f"fsq_levels takes one number of levels >= 2, or one per latent channel "
                              f"({latent_channels}), got {fsq_levels}")
-        self.in_channels, self.latent_channels = in_channels, latent_channels
-        self.time_compression = time_compression
+        self.in_channels, self.latent_channels, self.time_compression = in_channels, latent_channels, time_compression
         self.space_compression = patch * 2 ** (len(channels) - 1)
         # Where time changes, counted from the encoder's full resolution and the decoder's lowest: CogVideoX
         # (first, first), HunyuanVideo (last, last); the default (last, first) changes time at the lowest
         # resolution on both sides. With as many time levels as levels (tiny.yaml) all four are one network.
         time_down = [i < time_levels if time_compress_at == "first" else i >= n - time_levels for i in range(n)]
         time_up = [j < time_levels if time_expand_at == "first" else j >= n - time_levels for j in range(n)]
-        # "clip": nn.GroupNorm over (C / groups, T, H, W), FrameNorm's parent, so the weights are named alike
-        norm_layer = FrameNorm if norm == "frame" else nn.GroupNorm
+        norm_layer = FrameNorm if norm == "frame" else nn.GroupNorm  # over (C/groups, T, H, W); the weights named alike
         self.fsq = FSQ(levels) if bottleneck == "fsq" else None
         self.encoder = Encoder(in_channels, channels, latent_channels, layers_per_block, time_down, patch, norm_layer,
                                moments=2 if self.fsq is None else 1)
         self.decoder = Decoder(in_channels, channels, latent_channels, layers_per_block, time_up, patch, norm_layer)
-        # 1 / std of the latents, measured after training so that the DiT sees unit variance (LDM)
-        self.register_buffer("scaling_factor", torch.tensor(1.0))
+        self.register_buffer("scaling_factor", torch.tensor(1.0))  # 1 / the latents' std after training (LDM)
 
     def check_video(self, x, first=True):  # first: the piece holds frame 0 (a whole video does)
         tc, s = self.time_compression, self.space_compression
@@ -314,20 +290,16 @@ class CausalVAE(nn.Module):
             raise ValueError(f"a piece after the first takes {tc}k frames, k >= 1, got {x.shape[2]}")
 
     def encode(self, x, chunk=None, cache=None):
-        """x (B, C, 1 + tc*k, H, W) in [-1, 1] -> posterior over (B, c, 1 + k, H/s, W/s): a DiagonalGaussian,
-        or with bottleneck="fsq" a Quantized one (the same mode/sample/kl, on FSQ's grid).
-
-        chunk (latent frames): stream the video in pieces of chunk * tc frames (the first piece also gets
-        frame 0) through a ChunkCache: the same result, with memory set by the chunk, not the video length.
-        cache: x is one piece of a longer video and cache holds what came before it (a ChunkCache, or
-        06_parallel's ContextParallel, where the piece before is another rank's). With norm="clip" both run
-        but only approximately, each piece normalised with its own statistics, so that the gap can be measured.
-        """
+        """x (B, C, 1 + tc*k, H, W) in [-1, 1] -> posterior over (B, c, 1 + k, H/s, W/s): a DiagonalGaussian, or
+        for bottleneck="fsq" a Quantized one. chunk (latent frames): stream the video in pieces of chunk * tc frames
+        (the first also gets frame 0) through a ChunkCache: the same result in the memory of a chunk. cache: x is one
+        piece of a longer video, cache holds what came before (a ChunkCache, or 06_parallel's ContextParallel,
+        another rank's piece). With norm="clip" both run, approximately: each piece has its own statistics."""
         self.check_video(x, first=cache is None or cache.starts_video(self.encoder.conv_in))
-        if chunk is not None and chunk < 1:
-            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
         if chunk is None:
             moments = self.encoder(x, cache)
+        elif chunk < 1:
+            raise ValueError(f"chunk is a number of latent frames >= 1, got {chunk}")
         else:
             n, cache = chunk * self.time_compression, ChunkCache()
             pieces = [x[:, :, :1 + n]] + [p for p in x[:, :, 1 + n:].split(n, dim=2) if p.shape[2]]
@@ -352,13 +324,11 @@ class CausalVAE(nn.Module):
         return self.decoder(posterior.sample(generator)), posterior
 
     @property
-    def last_layer(self):
-        """The decoder's last weight, where VAELoss weighs the GAN gradient against the recon one."""
+    def last_layer(self):  # the decoder's last weight, where VAELoss weighs the GAN gradient against the recon one
         return self.decoder.conv_out.conv.weight
 
 
 # ----------------------------------------------------------------------------- losses
-
 class Discriminator3D(nn.Module):
     """A 3D PatchGAN: one real/fake logit per space-time patch (pix2pix, in 3D)."""
 
@@ -379,16 +349,13 @@ class Discriminator3D(nn.Module):
 
 
 class VAELoss(nn.Module):
-    """Reconstruction + kl_weight * KL, plus an adaptive hinge GAN term from disc_start on.
+    """Reconstruction + kl_weight * KL, plus an adaptive hinge GAN term from disc_start on. Reconstruction:
+    l1_weight |x - x_hat| + l2_weight (x - x_hat)^2 per pixel, digit pixels weighed 1 + fg_weight (Moving MNIST is
+    96% black: L1 alone settles on black frames). The GAN term's backward also leaves gradients on the
+    discriminator's weights: zero them before its own step."""
 
-    Reconstruction: l1_weight * |x - x_hat| + l2_weight * (x - x_hat)^2 per pixel, with digit
-    pixels weighed 1 + fg_weight. Moving MNIST is 96% black: L1 alone settles on black frames.
-    The GAN term's backward also leaves gradients on the discriminator's weights: zero them
-    before the discriminator's own step.
-    """
-
-    def __init__(self, l1_weight=0.0, l2_weight=1.0, fg_weight=0.0, kl_weight=1e-6,
-                 gan_weight=0.0, disc_start=0, in_channels=1):
+    def __init__(self, l1_weight=0.0, l2_weight=1.0, fg_weight=0.0, kl_weight=1e-6, gan_weight=0.0, disc_start=0,
+                 in_channels=1):
         super().__init__()
         self.l1_weight, self.l2_weight, self.fg_weight, self.kl_weight = l1_weight, l2_weight, fg_weight, kl_weight
         self.gan_weight, self.disc_start = gan_weight, disc_start
@@ -403,12 +370,10 @@ class VAELoss(nn.Module):
     def forward(self, x, recon, posterior, step, last_layer=None):
         x, recon = x.float(), recon.float()
         weight = 1.0 + self.fg_weight * (x + 1.0) / 2.0  # 1 on black, 1 + fg_weight on white
-        error = self.l1_weight * (recon - x).abs() + self.l2_weight * (recon - x).pow(2)
-        rec = (weight * error).mean()
+        rec = (weight * (self.l1_weight * (recon - x).abs() + self.l2_weight * (recon - x).pow(2))).mean()
         # KL summed over the latents and divided by the pixels: kl_weight means what it does in LDM
         kl = posterior.kl().mean() / x[0].numel()
-        loss = rec + self.kl_weight * kl
-        logs = {"rec": rec.item(), "kl": kl.item()}
+        loss, logs = rec + self.kl_weight * kl, {"rec": rec.item(), "kl": kl.item()}
         if self.disc is not None and step >= self.disc_start:
             gan = -self.disc(recon).mean()
             grads = torch.is_grad_enabled() and last_layer is not None
@@ -419,8 +384,7 @@ class VAELoss(nn.Module):
         return loss, logs
 
     def disc_loss(self, x, recon, step, disc=None):
-        """Hinge loss for the discriminator's own optimizer; None before disc_start.
-        disc: what to call instead of self.disc, e.g. its DistributedDataParallel wrapper."""
+        """Hinge loss for the discriminator's own optimizer, None before disc_start; disc: e.g. its DDP wrapper."""
         if self.disc is None or step < self.disc_start:
             return None
         disc = self.disc if disc is None else disc
@@ -443,7 +407,6 @@ def psnr(x, y):
 
 
 # ----------------------------------------------------------------------------- demo
-
 if __name__ == "__main__":
     import os
     import time
@@ -453,17 +416,16 @@ if __name__ == "__main__":
     from data.schedule import lr_at
 
     torch.manual_seed(0)
-    # bf16 autocast where the CPU has bf16 in hardware (AVX512-BF16 or AMX): about 2 minutes for 1200 steps, and
-    # 4000 steps (7 minutes) reach ~28 dB. Emulated bf16 is far slower than fp32, so elsewhere fp32 and fewer steps.
+    # bf16 autocast where the CPU has it in hardware (AVX512-BF16, AMX): 1200 steps in about 2 minutes (4000 reach ~28
+    # dB); emulated bf16 is far slower than fp32, so elsewhere fp32 and fewer steps
     bf16 = native_bf16(torch.device("cpu"))
     steps, batch, lr = 1200 if bf16 else 400, 2, 1e-3
     vae, loss_fn = CausalVAE(channels=(64, 128), latent_channels=16, patch=4, time_compression=2), VAELoss()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt, start = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0), time.time()
     # 9-frame training clips: causal and convolutional, the VAE then runs on any 1 + 2k frames
     train, val = MovingMNIST("train", num_frames=9, length=steps * batch), MovingMNIST("val", num_frames=17, length=16)
     print(f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, "
           f"{vae.time_compression}x time and {vae.space_compression}x space compression")
-    start = time.time()
     for step in range(steps):
         x = torch.stack([train[step * batch + i][0] for i in range(batch)])  # (B, 1, 9, 64, 64)
         for group in opt.param_groups:
@@ -479,11 +441,10 @@ if __name__ == "__main__":
     x = torch.stack([val[i][0] for i in range(len(val))])  # (16, 1, 17, 64, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         recon = vae.eval().decode(vae.encode(x).mode()).float()
-    black = psnr(x, torch.full_like(x, -1.0)).mean()
-    print(f"validation PSNR {psnr(x, recon).mean():.2f} dB on 17-frame videos (all-black frames: {black:.2f} dB)")
+    print(f"validation PSNR {psnr(x, recon).mean():.2f} dB on 17-frame videos (all-black frames: "
+          f"{psnr(x, torch.full_like(x, -1.0)).mean():.2f} dB)")
     tokens = (1 + 16 // vae.time_compression) * (64 // vae.space_compression) ** 2  # latent positions of a video
-    print(f"as FSQ tokens (bottleneck='fsq', 5 levels a channel) a 17-frame video is {tokens} tokens of a codebook "
-          f"of {FSQ([5] * vae.latent_channels).codebook_size:,}")
+    print(f"as FSQ tokens (5 levels a channel) a 17-frame video is {tokens} of a codebook of {5 ** 16:,}")
     os.makedirs("runs/demo", exist_ok=True)
     save_gif("runs/demo/vae.gif", torch.cat([torch.cat([x[i], recon[i]], dim=-1) for i in range(4)], dim=-2))
     print("wrote runs/demo/vae.gif (left: original, right: reconstruction)")
