@@ -6,6 +6,9 @@
     python sample.py --ckpt runs/tiny/dit.pt --export data/pretrained/tiny.pt   # slim bf16 weights to share
     python sample.py --ckpt runs/i2v/dit.pt --prompt "digit 7 is moving left and right" --image first.png
     python sample.py --ckpt runs/pyramid/dit.pt --prompt "digit 3 is moving up and down" --frames 33
+    python sample.py --ckpt runs/tiny/dit.pt --prompt "digit 3 is moving up and down" --negative "left and right"
+    python sample.py --ckpt runs/tiny/dit.pt --control runs/control/control.pt --path "18,18 46,46" --prompt ...
+    python sample.py --ckpt data/pretrained/tiny.pt --video in.gif --inpaint 16,16,48,48 --prompt ...   # 09_control
 
 For each prompt p and sample i it writes `<out>/<slug>_<i>.gif` and `<slug>_<i>.txt`
 (the exact prompt: the video-folder format data/video_folder.py reads), and one
@@ -30,7 +33,7 @@ from data.checkpoint import load_checkpoint, save_checkpoint
 from data.config import ArgumentParser, autocast, check_dtype, config_from_dict, pick_device
 from data.moving_mnist import contact_sheet, save_gif
 from data.tokenizer import Tokenizer
-from data.video_folder import image_frames, open_image
+from data.video_folder import first_frame
 
 vae_lib = importlib.import_module("01_vae")
 dit_lib = importlib.import_module("02_dit")
@@ -216,6 +219,18 @@ def parser():
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: the checkpoint's")
     p.add_argument("--export", metavar="OUT", help="write a slim bf16 copy of --ckpt to OUT for sharing, and stop")
+    p.add_argument("--negative", help="a caption for guidance's unconditional branch, not none: a negative prompt")
+    edit = p.add_mutually_exclusive_group()  # 09_control.py: a box path, or one edit of a video by masked sampling
+    edit.add_argument("--control", metavar="CKPT", help="a box-path control branch trained on --ckpt (09_control.py)")
+    edit.add_argument("--inpaint", metavar="L,T,R,B", help="refill this box of --video's pixels in every frame")
+    edit.add_argument("--interpolate", nargs=2, metavar=("FIRST", "LAST"), help="fill the frames between 2 images")
+    edit.add_argument("--outpaint", type=int, metavar="PIXELS", help="widen --video by PIXELS on the left and right")
+    p.add_argument("--video", metavar="GIF", help="the clip --inpaint or --outpaint edits (the checkpoint's frames)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--path", help='with --control: the digit\'s box centre "x0,y0 x1,y1 ..." in pixels, at key '
+                                      "frames spread evenly over the video")
+    where.add_argument("--boxes", metavar="JSON",
+                       help="with --control: per frame, a [left, top, right, bottom] box per digit of the prompt")
     return p
 
 
@@ -243,9 +258,25 @@ def read_prompts(args):
         fail(f"--shift must be > 0, got {args.shift}")
     if args.frames is not None and args.frames < 1:
         fail(f"--frames must be at least 1, got {args.frames}")
-    if args.image is not None:
-        open_image(args.image)  # missing or unreadable: say so now; its size and mode need the checkpoint
+    if args.image is not None and not os.path.isfile(args.image):  # its size and mode need the checkpoint
+        fail(f"no --image file at {args.image}")
+    if args.negative is not None and not args.negative.strip():
+        fail("--negative is empty: give the caption guidance should steer away from")
+    if bool(args.control) != bool(args.path or args.boxes):
+        fail("--control takes --path or --boxes, and they take --control (the branch trained for them)")
+    if bool(args.inpaint or args.outpaint is not None) != bool(args.video):
+        fail("--inpaint and --outpaint edit a --video, and --video is for them")
+    if (args.control or args.video or args.interpolate) and (args.image or args.frames):
+        fail("control and editing make the trained length from text: no --image or --frames")
     return prompts
+
+
+def image_frames(path, channels, height, width):
+    """--image as the checkpoint's first frame (1, C, 1, H, W) in [-1, 1] (first_frame), or a one-line error."""
+    try:
+        return first_frame(path, channels, height, width)
+    except ValueError as e:
+        raise SystemExit(f"error: --image {path}: {e}") from None
 
 
 def sampler(args, prompts=()):
@@ -267,6 +298,9 @@ def sampler(args, prompts=()):
         tokenizer.encode(list(prompts), d["text_len"])  # too long, or empty; unseen words only warn
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    if args.control or args.video or args.interpolate:  # 09: the controlled DiT or masked sampling, then as usual
+        model, objective, latent_shape = importlib.import_module("09_control").from_args(
+            args, model, objective, vae, latent_shape, device, dtype)
     size = [n * vae.space_compression for n in latent_shape[2:]]
     image = None if args.image is None else image_frames(args.image, vae.in_channels, *size)  # (1, C, 1, H, W)
 
@@ -274,8 +308,9 @@ def sampler(args, prompts=()):
         tokenizer.encode(prompts, d["text_len"])  # fail (or warn about unseen words) before any work
         if images is None and image is not None:
             images = image.expand(len(prompts), -1, -1, -1, -1)
-        return generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], steps, cfg,
-                        seed, device, dtype, rescale, progress, images=images, frames=args.frames)
+        return generate(model, objective, vae, tokenizer, prompts, latent_shape, d["text_len"], steps, cfg, seed,
+                        device, dtype, rescale, progress, images=images, frames=args.frames,
+                        negative=None if args.negative is None else [args.negative] * len(prompts))
     return generate_fn, vae, config
 
 

@@ -24,6 +24,7 @@ clips, duplicates and poor captions before training on anything):
     ds = VideoFolder("my_clips/", 17, 64, 1, pairs=pairs)
 """
 import hashlib
+import io
 import json
 import os
 import random
@@ -277,37 +278,32 @@ def format_report(report, root):
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- one picture, as sample.py --image reads it
-def open_image(path):
-    """The picture in a png or jpg file, or a gif's first frame (PIL), or a one-line error naming the file."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: no --image file at {path}")
-    try:
-        with Image.open(path) as image:
-            image.seek(0)  # an animation's first frame
-            image.load()
-            return image.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's "cannot identify" is an OSError
-        raise SystemExit(f"error: cannot read --image {path} as a png, jpg or gif: {e}") from None
-
-
-def image_frames(path, channels, height, width):
-    """--image as the first frame (1, channels, 1, height, width) in [-1, 1] that the checkpoint's VAE takes:
-    gray (mode L) for 1 channel, RGB for 3, at the trained size; otherwise a one-line error naming the file."""
+# ----------------------------------------------------------------------------- one picture: a video's first frame
+def first_frame(source, channels, height, width):
+    """A picture as the first frame (1, channels, 1, height, width) in [-1, 1] that a checkpoint's VAE takes: gray
+    (mode L) for 1 channel, RGB for 3, at its size. source: a path to a png, jpg or gif (its first frame), or such
+    a file's bytes (08_serve.py's uploads). Anything else is a ValueError that says what to give instead."""
     if channels not in (1, 3):
-        raise SystemExit(f"error: this checkpoint's VAE takes {channels} channels, which no image file has")
-    image = open_image(path)
+        raise ValueError(f"this checkpoint's VAE takes {channels} channels, which no image file has")
+    if isinstance(source, str) and not os.path.isfile(source):
+        raise ValueError("no such file")
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)  # reads the header only
+        image.seek(0)  # an animation's first frame
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's "cannot identify" is an OSError
+        raise ValueError(f"cannot read it as a png, jpg or gif ({e})") from None
     expected = f"a {height}x{width} (height x width) {'gray (mode L)' if channels == 1 else 'RGB'} image"
-    if image.size != (width, height):
-        raise SystemExit(f"error: --image {path} is {image.height}x{image.width}; this checkpoint makes "
-                         f"{height}x{width} frames, so give {expected}")
-    rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    if image.size != (width, height):  # checked before decoding: a huge upload is refused cheaply
+        raise ValueError(f"it is {image.height}x{image.width}; this checkpoint makes {height}x{width} frames, "
+                         f"so give {expected}")
+    try:
+        rgb = np.array(image.convert("RGB"))  # (H, W, 3) uint8; a truncated file fails here
+    except (OSError, ValueError) as e:
+        raise ValueError(f"it cannot be decoded ({e})") from None
     if channels == 1 and not (rgb == rgb[..., :1]).all():
-        raise SystemExit(f"error: --image {path} is in colour ({image.mode}), but this checkpoint's VAE takes "
-                         f"1 channel: give {expected}")
-    pixels = torch.from_numpy(np.array(image.convert("L" if channels == 1 else "RGB"))).float()
-    pixels = pixels.view(height, width, channels).permute(2, 0, 1) / 127.5 - 1  # (C, H, W) in [-1, 1]
-    return pixels[None, :, None]  # (1, C, 1, H, W)
+        raise ValueError(f"it is in colour ({image.mode}), but this checkpoint's VAE takes 1 channel: give {expected}")
+    pixels = torch.from_numpy(rgb[..., :1] if channels == 1 else rgb).float() / 127.5 - 1  # (H, W, C) in [-1, 1]
+    return pixels.permute(2, 0, 1)[None, :, None]  # (1, C, 1, H, W)
 
 
 # ----------------------------------------------------------------------------- dataset
