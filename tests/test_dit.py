@@ -117,9 +117,9 @@ def test_frame_positions_stretch_a_coarse_frame_onto_the_grid():
     assert torch.equal(coarse[:, 1:], torch.tensor([[0.5, 0.5], [0.5, 2.5], [2.5, 0.5], [2.5, 2.5]]))
 
 
-@pytest.mark.parametrize("attention", ["full", "factorized"])
-def test_padded_text_is_ignored_and_real_text_is_not(attention):
-    model = make(attention=attention)
+@pytest.mark.parametrize("arch,attention", [("cogvideox", "full"), ("cogvideox", "factorized"), ("hunyuan", "full")])
+def test_padded_text_is_ignored_and_real_text_is_not(arch, attention):
+    model = make(arch, attention=attention)
     x, t = torch.randn(2, C, 2, 4, 4), torch.tensor([100.0, 700.0])
     ids, mask = caption([3, 5])
     out = model(x, t, ids, mask)
@@ -150,9 +150,10 @@ def test_block_causal_mask():
     assert m[3:6, :6].all() and not m[3:6, 6:].any() and m[6:].all()
 
 
+@pytest.mark.parametrize("arch", ["cogvideox", "hunyuan"])
 @pytest.mark.parametrize("patch_t", [1, 2])
-def test_causal_later_frame_does_not_change_earlier_frames(patch_t):
-    model = make(patch_t=patch_t)
+def test_causal_later_frame_does_not_change_earlier_frames(arch, patch_t):
+    model = make(arch, patch_t=patch_t)
     x, t, ids_mask = torch.randn(1, C, 4, 4, 4), torch.tensor([300.0]), caption([4])
     later = x.clone()
     later[:, :, 2] += 1  # token frame 2 // patch_t; frames before it must not notice
@@ -177,9 +178,10 @@ def test_causal_with_history():
     assert changed(model(x, t, *ids_mask, history=[history[0] + 1, history[1]]), out)  # history reaches x
 
 
-def test_full_resolution_history_equals_an_earlier_causal_frame():
+@pytest.mark.parametrize("arch", ["cogvideox", "hunyuan"])
+def test_full_resolution_history_equals_an_earlier_causal_frame(arch):
     # 05's contract: history frame j sits at time j and x's frames follow, under the same block-causal mask
-    model = make()
+    model = make(arch)
     t, ids_mask = torch.tensor([300.0]), caption([4])
     x = torch.randn(1, C, 3, 4, 4)
     whole = model(x, t, *ids_mask, causal=True)
