@@ -6,6 +6,7 @@
     python bench.py compare --run OUT            # ddpm vs flow vs pyramid at equal wall time on OUT's latents
     python bench.py compare --run OUT --variant a='--dit.depth=4' --variant b='--dit.depth=8'   # any variants
     python bench.py compare --vae-minutes 4 --variant kl= --variant fsq='--vae.bottleneck=fsq'  # VAE designs
+    python bench.py control path --ckpt OUT/dit.pt --control C.pt  # also edit, prompts: 09_control.py's figures
 
 quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN, trained on the shipped
 MNIST digits 0-7999 (validated on 8000-9999) and cached in runs/bench/judge.pt, reads the digit in every
@@ -20,11 +21,11 @@ counts, and diffusers' CogVideoX modules at matched sizes when installed -> runs
 compare (the three objectives by default): variants of a recipe, each the run's train.py flags plus its own,
 trained for the same wall time (train.py's --budget_minutes) on a finished run's cached latents, or each
 on its own VAE trained first (--vae-minutes), then scored by quality() -> runs/bench/<command>.json.
-context: encode + decode of one long video in one process or split in time over torchrun's ranks (01's
-ContextParallel), each rank's peak memory and time -> runs/bench/context_<ranks>.json.
+control: 09_control.py's figures (box-path error, masked-sampling edits, phrasings) -> control_<part>.json.
 """
 import dataclasses
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -443,6 +444,13 @@ def run_compare(args):
                  os.path.join(args.out, f"{name_of}.json"), begin)
 
 
+# ----------------------------------------------------------------------------- control and editing
+def run_control(args):
+    if args.videos < 1 or args.part == "path" and not args.control:
+        raise SystemExit("error: control needs --videos >= 1, and `path` a --control checkpoint (see bench.py --help)")
+    importlib.import_module("09_control").bench(args)
+
+
 # ----------------------------------------------------------------------------- command line
 def machine():
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
@@ -472,6 +480,20 @@ def main(argv=None):
     q.add_argument("--out", default="runs/bench", help="where judge.pt and quality.json go")
     q.add_argument("--retrain", action="store_true", help="retrain the judge even if judge.pt is cached")
     q.set_defaults(run=run_quality)
+    c = sub.add_parser("control", help="09_control.py's figures: box-path control, masked-sampling edits, phrasings")
+    c.add_argument("part", choices=["path", "edit", "prompts"],
+                   help="path: the digit's distance to a box path, with and without the control branch; edit: "
+                        "inpainting, interpolation, outpainting by masked sampling; prompts: phrasings (seen, held "
+                        "out, misspelled), guidance scales and negative prompts")
+    c.add_argument("--ckpt", required=True, help="a flow or ddpm DiT checkpoint")
+    c.add_argument("--control", default="", help="path: the control.pt `09_control.py train` wrote for --ckpt")
+    c.add_argument("--videos", type=int, default=100, help="path, edit: one-digit validation videos to follow, edit")
+    c.add_argument("--n", type=int, default=8, help="prompts: samples of each of the 20 prompts, per row")
+    c.add_argument("--steps", type=int, default=50, help="sampling steps (sample.py's default)")
+    c.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's dit.sample_cfg)")
+    c.add_argument("--seed", type=int, default=0, help="sample j of a row comes from seed + j")
+    c.add_argument("--out", default="runs/bench", help="where judge.pt and control_<part>.json go")
+    c.set_defaults(run=run_control)
     s = sub.add_parser("speed", help="throughput, GFLOP/s against the matmul peak, memory; diffusers beside ours")
     s.add_argument("--config", default="tiny.yaml", help="the VAE, DiT and shapes to time")
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")

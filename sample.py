@@ -7,7 +7,7 @@
     python sample.py --ckpt runs/i2v/dit.pt --prompt "digit 7 is moving left and right" --image first.png
     python sample.py --ckpt runs/pyramid/dit.pt --prompt "digit 3 is moving up and down" --frames 33
     python sample.py --ckpt runs/tiny/dit.pt --prompt "digit 3 is moving up and down" --negative "left and right"
-    python sample.py --ckpt runs/tiny/dit.pt --control runs/control/control.pt --path "18,18 46,46" --prompt ...
+    python sample.py --ckpt runs/tiny/dit.pt --control runs/control/control.pt --path "32,18 32,46" --prompt ...
     python sample.py --ckpt data/pretrained/tiny.pt --video in.gif --inpaint 16,16,48,48 --prompt ...   # 09_control
 
 For each prompt p and sample i it writes `<out>/<slug>_<i>.gif` and `<slug>_<i>.txt`

@@ -106,6 +106,7 @@ class DataConfig:
     dedupe: bool = False             # drop clips whose decoded frames equal an earlier clip's
     min_caption_words: int = 0       # drop captions with fewer words
     caption_regex: str = ""          # drop captions this regular expression does not find a match in
+    paraphrase: float = 0.0          # share of Moving MNIST captions re-worded (data/moving_mnist.py's grammar)
 
 
 @dataclass
@@ -224,6 +225,19 @@ class DistillConfig:
 
 
 @dataclass
+class ControlConfig:
+    """09_control.py: a box-path control branch (ControlNet, scaled down) trained on a frozen flow or ddpm DiT."""
+    base: str = ""                   # the frozen dit.pt; its run's latents.pt beside it
+    blocks: int = 2                  # a trainable copy of the DiT's first k blocks, each feeding its block
+    steps: int = 1500                # 0.4 s a step here (bf16, one busy core): 10 minutes
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    ema_decay: float = 0.99
+    caption_dropout: float = 0.1     # as dit.caption_dropout: guidance with the path still needs "no caption"
+
+
+@dataclass
 class Config:
     out_dir: str = "runs/tiny"
     seed: int = 0
@@ -238,6 +252,7 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
 
 CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", "mps"),
@@ -249,7 +264,8 @@ CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", 
            "dit.compile": ("false", "true", "auto")}
 RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.images": (0.0, 0.9), "vae.images": (0.0, 0.9),
           "budget_minutes": (0.0, 1e6), "budget_vae": (0.01, 0.99), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
-          "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0)}
+          "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0),
+          "data.paraphrase": (0.0, 1.0), "control.caption_dropout": (0.0, 1.0)}
 
 def config_from_dict(saved):
     """A config dict saved in a checkpoint, checked and laid over today's defaults, as a dict like the saved one."""
@@ -437,6 +453,8 @@ def check_config(cfg, args, world):
     if cfg.budget_minutes and d.fsdp:
         fail("budget_minutes times the run with a probe that puts the weights back, which FSDP's shards do not "
              "support: set dit.fsdp=false or budget_minutes=0")
+    if data.paraphrase and data.dataset != "moving_mnist":
+        fail("data.paraphrase re-words Moving MNIST's captions; a video folder's captions are its own: set it to 0")
     if data.dataset == "moving_mnist" and data.channels != 1:
         fail(f"Moving MNIST is grayscale: data.channels must be 1, got {data.channels}")
     if data.dataset != "moving_mnist" and not os.path.isdir(data.dataset):

@@ -48,7 +48,8 @@ def video_dataset(cfg, split, frames, length, images=False):
     d = cfg.data
     if d.dataset == "moving_mnist":
         return MovingMNIST(split, num_frames=frames, length=length, seed=cfg.seed, size=d.size, still=images,
-                           max_digits=d.max_digits, images=d.mnist_images or None, labels=d.mnist_labels or None)
+                           max_digits=d.max_digits, images=d.mnist_images or None, labels=d.mnist_labels or None,
+                           paraphrase=d.paraphrase)
     try:
         return VideoFolder(d.dataset, num_frames=frames, size=d.size, channels=d.channels, train=split == "train",
                            pairs=scan(cfg)[0], images=images)

@@ -16,6 +16,11 @@ still=True gives captioned images for joint image + video training: one frame,
 from recipes of their own (not the videos' first frames), captioned with the
 digits alone, `digit 3` or `digit 3 and digit 7`, since a still shows no motion.
 
+paraphrase=p re-words a share p of the captions with the paraphrase grammar below
+(`the digit 3 bounces vertically`, `3 moving up and down`; course module 5, prompt
+engineering), some of whose phrasings are kept for testing only; boxes(sprites) gives
+each digit's 28x28 box in every frame, the control signal of 09_control.py.
+
     python data/moving_mnist.py    # writes moving_mnist.gif, prints videos/s
 """
 import gzip
@@ -80,25 +85,67 @@ def bounce(start, velocity, num_frames, limit):
     return np.where(p > limit, 2 * limit - p, p)
 
 
-def caption(sprites, still=False):
+def boxes(sprites):
+    """Each digit's box in every frame, (digits, T, 4) float as (left, top, right, bottom) in pixels: pixel
+    (row r, column c) covers [c, c + 1) x [r, r + 1), so a digit at top-left (row, col) fills [col, col + 28)."""
+    return np.stack([np.stack([s.col, s.row, s.col + DIGIT, s.row + DIGIT], -1) for s in sprites]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- other ways to say a caption
+# A phrasing is (order, subject, verb, axis wording): "{s} {v} {a}" with "the digit {d}", "bounces", and the
+# wording 1 of the clip's axis is "the digit 3 bounces vertically". Phrasing 0 is the canonical grammar above.
+SUBJECTS = ("digit {d}", "the digit {d}", "a {d}", "the number {d}", "{d}")
+VERBS = ("is moving", "moves", "is bouncing", "bounces", "slides", "goes", "moving")
+AXIS_WORDS = (("up and down", "vertically", "down and up"), ("left and right", "horizontally", "side to side"))
+ORDERS = ("{s} {v} {a}", "{s} {a}", "{a} {v} {s}")   # the third only with a verb that inverts: "up and down goes a 3"
+PHRASINGS = [(o, s, v, a) for o in range(3) for s in range(len(SUBJECTS))
+             for v in ((None,) if o == 1 else range(len(VERBS)) if o == 0 else (1, 3, 4, 5)) for a in range(3)]
+# The split: a phrasing is test-only when its subject and axis wording were never paired in training,
+# s + a = 2 (mod 3) ("the digit 3 bounces vertically", "a 7 slides left and right"). Every word, verb and
+# order still occurs in training, so the held-out ones test composition, not unknown words.
+HELD_OUT = [k for k, (o, s, v, a) in enumerate(PHRASINGS) if (s + a) % 3 == 2]
+SEEN = [k for k in range(len(PHRASINGS)) if k not in HELD_OUT]
+
+
+def clause(label, axis, phrasing=0):
+    """One digit's words in phrasing k: clause(3, 0) is 'digit 3 is moving up and down'."""
+    o, s, v, a = PHRASINGS[phrasing]
+    return ORDERS[o].format(s=SUBJECTS[s].format(d=label), v=VERBS[v] if v is not None else "",
+                            a=AXIS_WORDS[axis][a])
+
+
+def caption(sprites, still=False, phrasing=0):
+    """The caption of a recipe, in the canonical grammar (phrasing 0) or phrasing k of PHRASINGS."""
     if still:
-        return " and ".join(f"digit {s.label}" for s in sprites)
-    return " and ".join(f"digit {s.label} is moving {AXES[s.axis]}" for s in sprites)
+        return " and ".join(SUBJECTS[PHRASINGS[phrasing][1]].format(d=s.label) for s in sprites)
+    return " and ".join(clause(s.label, s.axis, phrasing) for s in sprites)
+
+
+def misspell(text, seed):
+    """text with one typo, the same for the same seed: two neighbouring letters of one word (not a digit) swapped."""
+    rng = np.random.default_rng(seed)
+    words = text.split()
+    i = int(rng.choice([j for j, w in enumerate(words) if len(w) >= 4]))
+    k = int(rng.integers(1, len(words[i]) - 2))  # keep the first and last letters, as people's typos mostly do
+    words[i] = words[i][:k] + words[i][k + 1] + words[i][k] + words[i][k + 2:]
+    return " ".join(words)
 
 
 class MovingMNIST(Dataset):
     """Returns (video float [1, T, size, size] in [-1, 1], caption str)."""
 
     def __init__(self, split="train", num_frames=17, length=10000, seed=0, size=64,
-                 max_digits=2, p_two=0.5, speed=(2, 5), images=None, labels=None, still=False):
+                 max_digits=2, p_two=0.5, speed=(2, 5), images=None, labels=None, still=False, paraphrase=0.0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not 0 <= paraphrase <= 1:
+            raise ValueError(f"paraphrase is the share of re-worded captions, in [0, 1]; got {paraphrase}")
         if num_frames < 1 or size < DIGIT or max_digits not in (1, 2):
             raise ValueError(f"need num_frames >= 1, size >= {DIGIT} and max_digits 1 or 2; "
                              f"got num_frames={num_frames}, size={size}, max_digits={max_digits}")
         num_frames = 1 if still else num_frames
         self.split, self.num_frames, self.length, self.seed, self.size = split, num_frames, length, seed, size
-        self.still = still
+        self.still, self.paraphrase = still, paraphrase
         self.max_digits, self.p_two, self.speed = max_digits, p_two, speed
         self.digits, self.labels = load_mnist(images, labels)
         cut = int(0.8 * len(self.digits))  # train/val digit images never overlap
@@ -124,6 +171,18 @@ class MovingMNIST(Dataset):
             sprites.append(Sprite(image, int(self.labels[image]), axis, row, col))
         return sprites
 
+    def phrasing(self, i, digits):
+        """Which phrasing video i's caption takes: 0 (canonical) unless paraphrased, from a generator of its own,
+        so the recipes stay as they were. Two digits take only phrasings of at most 7 words a clause, so the
+        caption is no longer than the canonical 15 words that dit.text_len = 16 was sized for."""
+        if self.paraphrase == 0:
+            return 0
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), i, 2 + self.still])
+        if rng.random() >= self.paraphrase:
+            return 0
+        options = [k for k in SEEN if digits == 1 or len(clause(0, 0, k).split()) <= 7]
+        return int(rng.choice(options))
+
     def render(self, sprites):
         """uint8 frames (T, size, size); overlapping digits combine by maximum."""
         video = np.zeros((self.num_frames, self.size, self.size), dtype=np.uint8)
@@ -139,7 +198,7 @@ class MovingMNIST(Dataset):
             raise IndexError(f"video {i} out of range for a dataset of {self.length}")
         sprites = self.recipe(i)
         video = torch.from_numpy(self.render(sprites)).float().div_(127.5).sub_(1.0)
-        return video.unsqueeze(0), caption(sprites, self.still)  # (1, T, H, W), str
+        return video.unsqueeze(0), caption(sprites, self.still, self.phrasing(i, len(sprites)))  # (1, T, H, W), str
 
 
 def save_gif(path, video, fps=8):

@@ -299,7 +299,7 @@ def test_device_auto_and_bf16_warning(monkeypatch, capsys):
     (["--config", "missing.yaml"], "cannot read config file missing.yaml"),
     (["--dit.objective=pyramid", "--dit.pyramid_stages=3"], "latent must be divisible by 8"),
     (["--dit.objective=pyramid", "--dit.i2v=true"], "dit.i2v is for the flow and ddpm objectives"),
-    (["--dit.arch=hunyuan", "--dit.attention=factorized"], "it needs arch='cogvideox'"),
+    (["--dit.arch=hunyuan", "--dit.attention=factorized"], "CogVideoX's ablation: arch 'cogvideox' only"),
     (["--vae.bottleneck=fsq", "--vae.fsq_levels=[5, 5]"], "fsq_levels takes one number of levels"),
     (["--vae.norm=batch"], "'vae.norm' must be one of"),
 ])
