@@ -7,6 +7,7 @@
     python bench.py compare --run OUT --variant a='--dit.depth=4' --variant b='--dit.depth=8'   # any variants
     python bench.py compare --vae-minutes 4 --variant kl= --variant fsq='--vae.bottleneck=fsq'  # VAE designs
     python bench.py control path --ckpt OUT/dit.pt --control C.pt  # also edit, prompts: 09_control.py's figures
+    python bench.py latency --ckpt OUT/dit.pt --steps 8 4 2 1   # seconds per video at batch 1, and in the studio
 
 quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN, trained on the shipped
 MNIST digits 0-7999 (validated on 8000-9999) and cached in runs/bench/judge.pt, reads the digit in every
@@ -444,6 +445,43 @@ def run_compare(args):
                  os.path.join(args.out, f"{name_of}.json"), begin)
 
 
+# ----------------------------------------------------------------------------- latency
+def run_latency(args):
+    """One request at a time, as the studio's user makes them: seconds of compute for one video (batch 1,
+    sample.generate, best and median of --reps), and 08_serve.py's time from the click (a POST) to the GIF over
+    HTTP on this machine, previews off."""
+    import threading
+    import urllib.request
+    begin, device = time.perf_counter(), sample.pick_device(args.device)
+    model, objective, vae, tokenizer, config, shape = sample.load(args.ckpt, device)
+    d, frames = config["dit"], 1 + vae.time_compression * (shape[1] - 1)
+    server, worker = importlib.import_module("08_serve").make_server(args.ckpt, port=0, device=args.device)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, rows = "http://%s:%d" % server.server_address[:2], {}
+
+    def click(n):  # POST /generate, then fetch the GIF: what the page waits for
+        body = json.dumps(dict(prompt=PROMPTS[0], steps=n, seed=1, preview=False)).encode()
+        job = json.loads(urllib.request.urlopen(urllib.request.Request(url + "/generate", body)).read())["id"]
+        while urllib.request.urlopen(f"{url}/result/{job}").status != 200:
+            time.sleep(0.005)
+    try:
+        for n in args.steps or [worker.info["steps"]]:
+            def video(k):
+                sample.generate(model, objective, vae, tokenizer, [PROMPTS[0]], shape, d["text_len"], n,
+                                d["sample_cfg"], k, device, config["dtype"], d["sample_cfg_rescale"])
+            times = sorted(seconds(lambda: video(k), device, 1, warmup=k == 0) for k in range(args.reps))
+            studio = sorted(seconds(lambda: click(n), device, 1, warmup=False) for _ in range(args.reps))
+            rows[f"{n} steps"] = dict(best_s=times[0], median_s=times[args.reps // 2], frames_per_s=frames / times[0],
+                                      studio_median_s=studio[args.reps // 2])
+    finally:
+        server.shutdown(), worker.stop(), server.server_close()
+    passes = "one pass a step" if model.g_embed is not None else "two passes a step (guidance)"
+    table(f"one {frames}-frame video at a time, {args.ckpt}: {passes}, {torch.get_num_threads()} thread(s)", rows)
+    write_report(dict(command=args.command_line, date=datetime.date.today().isoformat(), machine=machine(),
+                      ckpt=args.ckpt, threads=torch.get_num_threads(), rows=rows),
+                 os.path.join(args.out, "latency.json"), begin)
+
+
 # ----------------------------------------------------------------------------- control and editing
 def run_control(args):
     if args.videos < 1 or args.part == "path" and not args.control:
@@ -494,6 +532,13 @@ def main(argv=None):
     c.add_argument("--seed", type=int, default=0, help="sample j of a row comes from seed + j")
     c.add_argument("--out", default="runs/bench", help="where judge.pt and control_<part>.json go")
     c.set_defaults(run=run_control)
+    lat = sub.add_parser("latency", help="seconds per video at batch 1, directly and through 08_serve.py's studio")
+    lat.add_argument("--ckpt", required=True, help="a dit.pt (a distilled one from 07_distill.py too)")
+    lat.add_argument("--steps", type=int, nargs="+", default=None, help="default: the checkpoint's (50, or its own)")
+    lat.add_argument("--reps", type=int, default=5, help="videos timed at each step count; the best and the median")
+    lat.add_argument("--device", choices=["cpu", "auto"], default="cpu")
+    lat.add_argument("--out", default="runs/bench", help="where latency.json goes")
+    lat.set_defaults(run=run_latency)
     s = sub.add_parser("speed", help="throughput, GFLOP/s against the matmul peak, memory; diffusers beside ours")
     s.add_argument("--config", default="tiny.yaml", help="the VAE, DiT and shapes to time")
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")

@@ -326,3 +326,17 @@ def test_quality_scores_image_to_video_and_the_tail_of_longer_videos(val, images
     rows = json.loads((tmp_path / "quality.json").read_text())["rows"]
     assert rows["generated"]["frames"] == 9 and rows["generated"]["n"] == 20
     assert rows["generated, frames 1-5"]["frames"] == 5 and rows["generated, last 4"]["frames"] == 4
+
+
+def test_latency_times_one_video_directly_and_through_the_studio(tmp_path):
+    import json
+
+    import train
+    (tmp_path / "toy.yaml").write_text(TOY)
+    train.main(["--config", str(tmp_path / "toy.yaml"), f"--out_dir={tmp_path / 'run'}"])
+    bench.main(["latency", "--ckpt", str(tmp_path / "run" / "dit.pt"), "--steps", "2", "1", "--reps", "2",
+                "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "latency.json").read_text())["rows"]
+    assert set(rows) == {"2 steps", "1 steps"}
+    for row in rows.values():  # the studio does the same work, plus HTTP and a GIF
+        assert 0 < row["best_s"] <= row["median_s"] and row["studio_median_s"] > 0 and row["frames_per_s"] > 0
