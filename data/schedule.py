@@ -17,7 +17,8 @@ one latent frame, so the DiT trains on it unchanged. Moving MNIST's images are c
 
 Mixing lengths and sizes in one step: buckets sized to a fixed token budget, not NaViT's packed sequences.
 A step holds one dense micro-batch per shape (images, 5-frame clips, 9-frame clips, ...), and each bucket gets
-as many samples as its share of the step's tokens buys, so a step costs about the same whatever the mix. NaViT
+as many samples as its share of the step's tokens buys, caption tokens counted, so a step costs about the same
+whatever the mix (the linear layers' cost, which dominates at ~100 tokens; attention's grows faster). NaViT
 (Dehghani et al. 2023) would pack several clips into one sequence with a block-diagonal attention mask; that
 saves padding when every sample has its own shape (web video), but here every sample of a shape is alike, so
 buckets waste nothing and keep the DiT's attention, RoPE and per-sample timestep exactly as 02 wrote them.
@@ -78,11 +79,12 @@ def resolve_phases(cfg):
     return out
 
 
-def latent_tokens(frames, size, cfg):
-    """Video tokens of one sample: latent frames / patch_t x (latent side / patch)^2."""
+def sample_tokens(frames, size, cfg):
+    """The tokens one sample puts through the transformer: its video tokens, latent frames / patch_t x (latent
+    side / patch)^2, and its caption's text_len, which an image (16 video tokens here) doubles."""
     v, d = cfg.vae, cfg.dit
     latent_frames = 1 + (frames - 1) // v.time_compression
-    return max(1, latent_frames // d.patch_t) * (size // v.space_compression // d.patch) ** 2
+    return max(1, latent_frames // d.patch_t) * (size // v.space_compression // d.patch) ** 2 + d.text_len
 
 
 def step_buckets(phase, cfg, ranks):
@@ -90,10 +92,10 @@ def step_buckets(phase, cfg, ranks):
     get the `images` share of it, and the clip lengths split the rest equally. Each count is a multiple of
     ranks x grad_accum (every rank gets equal micro-batches), at least one such multiple."""
     unit = ranks * cfg.dit.grad_accum
-    budget = phase["batch_size"] * latent_tokens(max(phase["frames"]), phase["size"], cfg)
+    budget = phase["batch_size"] * sample_tokens(max(phase["frames"]), phase["size"], cfg)
 
     def count(share, frames):
-        return max(unit, math.floor(share * budget / latent_tokens(frames, phase["size"], cfg) / unit) * unit)
+        return max(unit, math.floor(share * budget / sample_tokens(frames, phase["size"], cfg) / unit) * unit)
     out = [Bucket("image", 1, phase["size"], count(phase["images"], 1))] if phase["images"] > 0 else []
     share = (1 - phase["images"]) / len(phase["frames"])
     return out + [Bucket("video", f, phase["size"], count(share, f)) for f in phase["frames"]]

@@ -52,12 +52,12 @@ def vae_ckpt(joint):
 
 
 def tokens(bucket, cfg):
-    return bucket.count * schedule.latent_tokens(bucket.frames, bucket.size, cfg)
+    return bucket.count * schedule.sample_tokens(bucket.frames, bucket.size, cfg)
 
 
 # ----------------------------------------------------------------------------- data/schedule.py
 def test_step_buckets_split_a_token_budget():
-    cfg, _ = parse_args([])  # 17 frames at 64x64, space compression 8, dit.patch 2: 9 x 16 tokens a clip
+    cfg, _ = parse_args([])  # 17 frames at 64x64, space compression 8, dit.patch 2: 9 x 16 + 16 tokens a clip
     [phase] = schedule.resolve_phases(cfg)
     assert schedule.step_buckets(phase, cfg, ranks=1) == [schedule.Bucket("video", 17, 64, cfg.dit.batch_size)]
 
@@ -68,9 +68,9 @@ def test_step_buckets_split_a_token_budget():
     assert [(b.kind, b.frames, b.size) for b in buckets] == [("image", 1, 64), ("video", 5, 64), ("video", 9, 64),
                                                              ("video", 17, 64)]
     assert all(b.count >= unit and b.count % unit == 0 for b in buckets)
-    budget = cfg.dit.batch_size * schedule.latent_tokens(17, 64, cfg)
+    budget = cfg.dit.batch_size * schedule.sample_tokens(17, 64, cfg)
     for b, share in zip(buckets, [0.3] + [0.7 / 3] * 3):  # each bucket's tokens: its share, to one unit of samples
-        assert 0 <= share * budget - tokens(b, cfg) < unit * schedule.latent_tokens(b.frames, b.size, cfg)
+        assert 0 <= share * budget - tokens(b, cfg) < unit * schedule.sample_tokens(b.frames, b.size, cfg)
     assert sum(tokens(b, cfg) for b in buckets) <= budget
     counts = [b.count for b in buckets[1:]]
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]  # shorter clips: more of them
@@ -289,3 +289,12 @@ def test_i2v_with_images_gives_the_images_no_image_input(vae_ckpt, tmp_path, mon
     assert len(images) == len(videos) == 2  # one image and one video micro-batch a step
     assert all(p == 1.0 and zero for _, p, zero in images)
     assert all(p == DiTConfig().i2v_drop for _, p, _ in videos)
+
+
+def test_the_token_budget_counts_caption_tokens():
+    """An image is 16 video tokens and 16 caption tokens: a quarter of tiny.yaml's budget buys half the images
+    that counting video tokens alone would (80 of them), so a step of images costs about what a step of clips does."""
+    cfg, _ = parse_args(["--config", "tiny.yaml", "--dit.images=0.25"])
+    image, clip = schedule.step_buckets(schedule.resolve_phases(cfg)[0], cfg, ranks=1)
+    assert schedule.sample_tokens(1, 64, cfg) == 16 + 16 and schedule.sample_tokens(9, 64, cfg) == 80 + 16
+    assert (image.count, clip.count) == (48, 48)  # 64 x 96 tokens: 0.25 -> 48 images, 0.75 -> 48 clips
