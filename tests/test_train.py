@@ -245,6 +245,13 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         sample.main(["--ckpt", str(corrupt), "--prompt", "digit 1 is moving up and down"])
 
 
+def test_an_overlong_prompt_is_a_one_line_error():
+    """The shipped weights' text encoder takes 16 tokens; a caption repeated twenty times is refused before any work."""
+    shipped = os.path.join(ROOT, "data", "pretrained", "tiny.pt")
+    with pytest.raises(SystemExit, match=r"^error: prompt 'digit 3 is moving .*\.\.\.' is \d+ tokens, more than the 16"):
+        sample.main(["--ckpt", shipped, "--prompt", " ".join(["digit 3 is moving up and down"] * 20)])
+
+
 def test_nan_loss_stops_and_names_the_checkpoint(tmp_path):
     cfg, _ = train.parse_args(["--config", toy_config(tmp_path)])
     logger = train.Logger(cfg, 0, "dit", 0, 10)
@@ -302,6 +309,10 @@ def test_device_auto_and_bf16_warning(monkeypatch, capsys):
     (["--dit.arch=hunyuan", "--dit.attention=factorized"], "CogVideoX's ablation: arch 'cogvideox' only"),
     (["--vae.bottleneck=fsq", "--vae.fsq_levels=[5, 5]"], "fsq_levels takes one number of levels"),
     (["--vae.norm=batch"], "'vae.norm' must be one of"),
+    (["--vae.time_compress_at=first"], "builds the same network as last: all 1 level"),  # the reviewed defects 1-4
+    (["--dit.patch_t=2", "--dit.images=0.25"], r"an image \(dit.images\) is one latent frame"),
+    (["--dit.patch_t=2", "--dit.objective=pyramid"], "the pyramid denoises one latent frame at a time"),
+    (["--dit.i2v=true", "--vae.norm=clip"], "which vae.norm=clip computes from the later frames too"),
 ])
 def test_user_errors_are_one_line_before_any_work(flags, message, tmp_path):
     with pytest.raises(SystemExit) as stop:
