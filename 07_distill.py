@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import train
 from data.checkpoint import load_checkpoint, save_checkpoint
-from data.config import autocast, check_dtype, parse_args, pick_device
+from data.config import autocast, check_dtype, config_from_dict, parse_args, pick_device
 from data.tokenizer import Tokenizer
 from sample import build_dit, build_objective
 
@@ -42,8 +42,9 @@ diffusion = importlib.import_module("03_diffusion")
 def load_teacher(path, device):
     """(teacher DiT (EMA weights, frozen), its checkpoint, tokenizer, latents and captions of its run)."""
     ckpt = load_checkpoint(path, "dit")
+    ckpt["config"] = config_from_dict(ckpt["config"])  # today's keys, the checkpoint's values
     d = ckpt["config"]["dit"]
-    if d["objective"] != "flow" or d.get("guidance_embed"):
+    if d["objective"] != "flow" or d["guidance_embed"]:
         raise SystemExit(f"error: {path} is not an undistilled flow DiT: 07 distils dit.objective=flow checkpoints")
     cache = os.path.join(os.path.dirname(path), "latents.pt")
     if not os.path.isfile(cache):
