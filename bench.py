@@ -8,6 +8,7 @@
     python bench.py compare --vae-minutes 4 --variant kl= --variant fsq='--vae.bottleneck=fsq'  # VAE designs
     python bench.py control path --ckpt OUT/dit.pt --control C.pt  # also edit, prompts: 09_control.py's figures
     python bench.py latency --ckpt OUT/dit.pt --steps 8 4 2 1   # seconds per video at batch 1, and in the studio
+    python bench.py scaling --run OUT [--quick]  # 10_scaling.py: DiTs of 5 sizes on OUT's latents, L(C), N_opt(C)
 
 quality: a judge that knows nothing of the generator, in data/judge.py. A small CNN, trained on the shipped
 MNIST digits 0-7999 (validated on 8000-9999) and cached in runs/bench/judge.pt, reads the digit in every
@@ -47,6 +48,7 @@ from data.judge import PROMPTS, judge, load_judge, print_quality, quality, read_
 
 vae_lib, parallel = sample.vae_lib, train.parallel
 peak_mib = parallel.peak_mib
+dit_flops = importlib.import_module("10_scaling").dit_flops  # matmul FLOPs of one forward, counted by hand
 
 # ----------------------------------------------------------------------------- quality
 def load_generator(ckpt, *sample_flags):
@@ -110,18 +112,6 @@ def write_report(report, path, begin):
 # ----------------------------------------------------------------------------- speed
 PRECISIONS = ("fp32", "bf16")  # sample.autocast's names: fp32 runs without autocast, bf16 under bf16 autocast
 OBJECTIVES = ("ddpm", "flow", "pyramid")
-
-
-def dit_flops(dim, depth, text_depth, n_text, n_video, patch_dim, mlp_ratio=4):
-    """Matmul FLOPs (multiply-add = 2) of one forward pass per sample, full attention. Per layer over S tokens:
-    QKV + out-projection + MLP 2 * (4 + 2 r) * S * D^2, scores q.k and the weighted sum of v 4 * S^2 * D;
-    each block's adaLN 2 * D * 12 D; plus patch embedding, final layer, timestep and pooled-caption MLPs. A step
-    of training costs about 3 forwards: backward computes the gradients of both the inputs and the weights."""
-    S, D, r = n_text + n_video, dim, mlp_ratio
-    block = 2 * (4 + 2 * r) * S * D * D + 4 * S * S * D + 2 * D * 12 * D
-    text = 2 * (4 + 2 * r) * n_text * D * D + 4 * n_text * n_text * D
-    rest = 2 * 2 * n_video * patch_dim * D + 2 * D * 2 * D + 2 * 256 * D + 2 * D * D + 2 * 2 * D * D
-    return depth * block + text_depth * text + rest
 
 
 def seconds(fn, device, reps, reduce=min, warmup=True):
@@ -489,6 +479,12 @@ def run_control(args):
     importlib.import_module("09_control").bench(args)
 
 
+# ----------------------------------------------------------------------------- scaling laws
+def run_scaling(args):
+    """10_scaling.py's exercise on --run's latents -> OUT/scaling/ (--quick: OUT/scaling_quick/), JSON and PNG."""
+    importlib.import_module("10_scaling").run_exercise(args.run_dir, args.quick, args.minutes, args.out)
+
+
 # ----------------------------------------------------------------------------- command line
 def machine():
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
@@ -567,6 +563,12 @@ def main(argv=None):
         o.add_argument("--n", type=int, default=8, help="samples per prompt (20 one-digit, 20 two-digit prompts)")
         o.add_argument("--out", default="runs/bench", help=f"where judge.pt, {command}/ and {command}.json go")
         o.set_defaults(run=run_compare)
+    g = sub.add_parser("scaling", help="10_scaling.py: DiTs of 5 sizes on one run's latents; L(C), N_opt(C) fitted")
+    g.add_argument("--run", dest="run_dir", default="runs/tiny", help="a run whose latents.pt (or vae.pt) all use")
+    g.add_argument("--quick", action="store_true", help="4 small sizes in about 3 minutes (the tests' form)")
+    g.add_argument("--minutes", type=float, default=None, help="wall time of all sizes (default 25; --quick 3)")
+    g.add_argument("--out", default="runs/bench", help="where scaling/ (or scaling_quick/) goes")
+    g.set_defaults(run=run_scaling)
     args = parser.parse_args(argv)
     args.command_line = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if getattr(args, "n", 1) < 1 or getattr(args, "frames", 2) < 2:

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from data import schedule
+from data.augment import AUGMENTATIONS
 
 # ----------------------------------------------------------------------------- runtime: the device and dtype
 
@@ -107,6 +108,9 @@ class DataConfig:
     min_caption_words: int = 0       # drop captions with fewer words
     caption_regex: str = ""          # drop captions this regular expression does not find a match in
     paraphrase: float = 0.0          # share of Moving MNIST captions re-worded (data/moving_mnist.py's grammar)
+    # augmentation that keeps the caption true (data/augment.py): each training video followed by one fixed copy,
+    # reversed and/or shifted; flip (a mirrored 3 is not a 3) is there to measure the harm. [] = off
+    augment: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -455,6 +459,11 @@ def check_config(cfg, args, world):
              "support: set dit.fsdp=false or budget_minutes=0")
     if data.paraphrase and data.dataset != "moving_mnist":
         fail("data.paraphrase re-words Moving MNIST's captions; a video folder's captions are its own: set it to 0")
+    if any(a not in AUGMENTATIONS for a in data.augment):
+        fail(f"data.augment={data.augment}: each must be one of {AUGMENTATIONS}")
+    if "flip" in data.augment:
+        print("warning: data.augment flip mirrors the digits while their captions still name them: a mirrored 3 "
+              "trains as a 3 (it is there to measure that harm)", file=sys.stderr)
     if data.dataset == "moving_mnist" and data.channels != 1:
         fail(f"Moving MNIST is grayscale: data.channels must be 1, got {data.channels}")
     if data.dataset != "moving_mnist" and not os.path.isdir(data.dataset):

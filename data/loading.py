@@ -14,6 +14,7 @@ import re
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from data.augment import Augmented
 from data.moving_mnist import MovingMNIST
 from data.video_folder import BAD_REASONS, VideoFolder, format_report, scan_folder
 
@@ -44,17 +45,21 @@ def check_folder(cfg):
 
 
 def video_dataset(cfg, split, frames, length, images=False):
-    """(video (C, T, H, W), caption) pairs; images=True: captioned images as 1-frame videos (C, 1, H, W)."""
+    """(video (C, T, H, W), caption) pairs; images=True: captioned images as 1-frame videos (C, 1, H, W).
+    With data.augment, training videos come in pairs, a source and its augmented copy (data/augment.py)."""
     d = cfg.data
-    if d.dataset == "moving_mnist":
-        return MovingMNIST(split, num_frames=frames, length=length, seed=cfg.seed, size=d.size, still=images,
-                           max_digits=d.max_digits, images=d.mnist_images or None, labels=d.mnist_labels or None,
-                           paraphrase=d.paraphrase)
-    try:
-        return VideoFolder(d.dataset, num_frames=frames, size=d.size, channels=d.channels, train=split == "train",
-                           pairs=scan(cfg)[0], images=images)
-    except ValueError as e:  # e.g. images asked for and the folder holds none
-        raise SystemExit(f"error: {e}") from None
+    augment = bool(d.augment) and split == "train" and not images
+    if d.dataset == "moving_mnist":  # augmenting: half the length in sources, each followed by its copy
+        ds = MovingMNIST(split, num_frames=frames, length=(length + 1) // 2 if augment else length, seed=cfg.seed,
+                         size=d.size, still=images, max_digits=d.max_digits, images=d.mnist_images or None,
+                         labels=d.mnist_labels or None, paraphrase=d.paraphrase)
+    else:
+        try:
+            ds = VideoFolder(d.dataset, num_frames=frames, size=d.size, channels=d.channels, train=split == "train",
+                             pairs=scan(cfg)[0], images=images)
+        except ValueError as e:  # e.g. images asked for and the folder holds none
+            raise SystemExit(f"error: {e}") from None
+    return Augmented(ds, d.augment, cfg.seed, length) if augment else ds
 
 
 def batches(dataset, batch_size, rank, world, seed, start_step, workers=0):
