@@ -47,7 +47,7 @@ def scaled_linear_alphas_cumprod(num_steps=1000, beta_start=0.00085, beta_end=0.
 
 
 def global_index(local_batch, rank, world_size, device=None):
-    """The indices in the global batch of this rank's samples: rank r holds r * local_batch .. (r + 1) * local_batch - 1."""
+    """Where this rank's samples sit in the global batch: rank r holds r * local_batch .. (r + 1) * local_batch - 1."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank * local_batch + torch.arange(local_batch, device=device)  # (local_batch,)

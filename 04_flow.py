@@ -144,7 +144,7 @@ class ToyMLP(nn.Module):
         self.dim = dim
 
     def forward(self, x, t, label):
-        emb = timestep_embedding(t, self.dim, max_period=1000) + self.label_emb(label)  # (B, dim), t as 02's DiT sees it
+        emb = timestep_embedding(t, self.dim, max_period=1000) + self.label_emb(label)  # (B, dim), t as in 02's DiT
         return self.net(self.x_proj(x) + emb)  # (B, 2)
 
 

@@ -104,8 +104,7 @@ def train_step(model, opt, scaler, loss_fn, micro_batches, device, dtype, clip):
 
 def micro_batches(rows, device, grad_accum):
     """rows: (latents, ids, mask) of each bucket of a step -> grad_accum micro-batches per bucket, on device."""
-    return [m for x0, ids, mask in rows for m in zip(x0.to(device).float().chunk(grad_accum),
-                                                     ids.to(device).chunk(grad_accum), mask.to(device).chunk(grad_accum))]
+    return [m for row in rows for m in zip(*(t.to(device).chunk(grad_accum) for t in (row[0].float(), *row[1:])))]
 
 
 @torch.no_grad()

@@ -261,15 +261,17 @@ class Config:
 
 CHOICES = {"dtype": ("bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda", "mps"),
            "data.on_bad": ("skip", "error"),
-           "vae.time_compress_at": ("last", "first"), "vae.time_expand_at": ("first", "last"), "vae.norm": ("frame", "clip"), "vae.bottleneck": ("kl", "fsq"),
+           "vae.time_compress_at": ("last", "first"), "vae.time_expand_at": ("first", "last"),
+           "vae.norm": ("frame", "clip"), "vae.bottleneck": ("kl", "fsq"),
            "dit.objective": ("ddpm", "flow", "pyramid"), "dit.arch": ("cogvideox", "hunyuan"),
            "dit.attention": ("full", "factorized"), "dit.t_sampling": ("uniform", "logit_normal"),
            "dit.ddpm_sampler": ("ddim", "ddpm"), "dit.flow_solver": ("euler", "heun"),
            "dit.compile": ("false", "true", "auto")}
 RANGES = {"dit.lr_decay": (0.0, 1.0), "dit.images": (0.0, 0.9), "vae.images": (0.0, 0.9),
-          "budget_minutes": (0.0, 1e6), "budget_vae": (0.01, 0.99), "dit.i2v_drop": (0.0, 1.0), "dit.sample_cfg_rescale": (0.0, 1.0),
-          "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0), "dit.ema_decay": (0.0, 1.0),
-          "data.paraphrase": (0.0, 1.0), "control.caption_dropout": (0.0, 1.0)}
+          "budget_minutes": (0.0, 1e6), "budget_vae": (0.01, 0.99), "dit.i2v_drop": (0.0, 1.0),
+          "dit.sample_cfg_rescale": (0.0, 1.0), "dit.history_noise": (0.0, 0.99), "dit.caption_dropout": (0.0, 1.0),
+          "dit.ema_decay": (0.0, 1.0), "data.paraphrase": (0.0, 1.0), "control.caption_dropout": (0.0, 1.0)}
+
 
 def config_from_dict(saved):
     """A config dict saved in a checkpoint, checked and laid over today's defaults, as a dict like the saved one."""

@@ -363,7 +363,8 @@ def judge(videos, prompts, model=None, reference=None):
     fd = frechet_distance((seen["features"] - mean) / spread, (reference - mean) / spread)
     digit_ok, axis_ok = seen["digit"] == truth[:, 0], seen["axis"] == truth[:, 1]
     both = digit_ok & axis_ok
-    per_prompt = {p: both[[i for i, q in enumerate(prompts) if q == p]].float().mean().item() for p in dict.fromkeys(prompts)}
+    per_prompt = {p: both[[i for i, q in enumerate(prompts) if q == p]].float().mean().item()
+                  for p in dict.fromkeys(prompts)}
     return dict(n=len(videos), frames=videos.shape[2], digit=digit_ok.float().mean().item(),
                 axis=axis_ok.float().mean().item(), both=both.float().mean().item(),
                 consistency=seen["consistency"].mean().item(), visible=seen["visible"].mean().item(),

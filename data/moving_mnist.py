@@ -64,7 +64,8 @@ def load_mnist(images=None, labels=None):
     labels = labels or os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz")
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or x.shape[1:] != (DIGIT, DIGIT) or y.shape != (len(x),):
-        raise ValueError(f"expected images (N, 28, 28) and labels (N,), got {x.shape} from {images} and {y.shape} from {labels}")
+        raise ValueError(f"expected images (N, 28, 28) and labels (N,), got {x.shape} from {images} and {y.shape} "
+                         f"from {labels}")
     return x, y
 
 
