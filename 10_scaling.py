@@ -49,7 +49,8 @@ from sample import build_dit, build_objective, load_vae
 FULL = ((32, 2, 2), (64, 3, 2), (96, 4, 3), (128, 6, 4), (192, 8, 6))
 QUICK = ((16, 1, 1), (32, 1, 2), (32, 2, 2), (48, 2, 3))
 HELDOUT_T = (0.1, 0.3, 0.5, 0.7, 0.9)  # the times t at which held-out videos are scored
-# What the papers report, for the table beside ours: N_opt ~ C^c, D_opt ~ C^(1-c) when C ~ N D; L(C) ~ C^-b
+# What the papers report, for the table beside ours: N_opt ~ C^c, D_opt ~ C^(1-c) when C ~ N D; L(C) ~ C^-b.
+# HunyuanVideo: arXiv 2412.03603 section 4.1, its T2X(I) and T2X(V) fits (a = b1, b = b2 there).
 REFERENCES = {
     "Kaplan et al. 2020 (language)": dict(N_opt=0.73, L=0.050),
     "Hoffmann et al. 2022, Chinchilla (language)": dict(N_opt=0.50, D_opt=0.50),

@@ -276,6 +276,15 @@ def run_speed(args):
         rows[prec] = dict(r, GFLOP_per_s=gflops, pct_of_peak=100 * gflops / peak[prec], peak_MiB=mem)
     table(f"DiT training step: {params(model) / 1e6:.2f}M parameters, batch {b}, latents {C}x{T}x{H}x{W}, "
           f"{L} + {n_video} tokens, {flops / 1e9:.3g} GFLOP", rows)
+    if device.type == "cpu":  # why 02_dit.attention is written out on a CPU: the same step through PyTorch's kernel
+        dit_module = sys.modules[type(model).__module__]
+        written_out = dit_module.attention
+        dit_module.attention = lambda q, k, v, attn_mask=None: F.scaled_dot_product_attention(q, k, v, attn_mask)
+        sdpa = figures(model, lambda: model(x0, t, ids, mask).float().square().mean(), fast)["step_s"]
+        dit_module.attention = written_out
+        rows = report["attention"] = {"02_dit.attention": dict(step_s=rows[fast]["step_s"]),
+                                      "F.scaled_dot_product_attention": dict(step_s=sdpa)}
+        table(f"the same DiT training step, {fast}, by attention kernel", rows)
 
     # ---- objectives: the same DiT trained and sampled through each (pyramid: sample_steps per stage)
     n = min(20, b)  # sampling batch: the quality table samples its 20 prompts at once

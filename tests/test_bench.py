@@ -229,7 +229,8 @@ def test_speed_smoke_run_writes_every_figure(tmp_path, capsys):
                 "--frames", "9", "--matmul", "64"])
     report = json.loads((tmp_path / "speed.json").read_text())
     assert {"command", "date", "machine", "matmul_gflops", "vae", "vae_train", "vae_inference", "dit",
-            "dit_train", "objectives", "pyramid_tokens", "diffusers", "seconds"} <= set(report)
+            "dit_train", "attention", "objectives", "pyramid_tokens", "diffusers", "seconds"} <= set(report)
+    assert all(r["step_s"] > 0 for r in report["attention"].values())
     timed = bench.PRECISIONS if report["fast_precision"] == "bf16" else ("fp32",)  # no emulated bf16 on AVX2
     for p in timed:
         assert report["matmul_gflops"][p] > 0
