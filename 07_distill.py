@@ -101,8 +101,8 @@ def fine_tune(student, loss_fn, steps, cfg, out, stage):
 def save(path, model, ckpt, cfg, w, steps, shift):
     """A dit.pt that sample.py, bench.py and 08_serve.py read like any other: the distilled EMA weights, the
     teacher's VAE and tokenizer, and a config that says how to sample it (one pass a step at guidance w)."""
-    config = copy.deepcopy(ckpt["config"]) | {"distill": dataclasses.asdict(cfg.distill)}
-    config["dit"] |= dict(guidance_embed=True, sample_cfg=float(w), sample_steps=steps, sample_shift=shift)
+    config = copy.deepcopy(ckpt["config"]) | {"distill": dataclasses.asdict(cfg.distill) | dict(sample_steps=steps)}
+    config["dit"] |= dict(guidance_embed=True, sample_cfg=float(w), sample_shift=shift)
     keep = ("tokenizer", "vocab_size", "latent_shape", "vae", "vae_config", "scaling_factor")
     save_checkpoint(path, dict(kind="dit", step=ckpt["step"], config=config, ema=model.state_dict(),
                                **{k: ckpt[k] for k in keep}))

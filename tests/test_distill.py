@@ -51,16 +51,17 @@ def test_both_stages_learn_and_write_checkpoints_sample_py_reads(run):
     for name, steps in (("guidance.pt", 50), ("dit.pt", 2)):
         model, _, _, _, config, _ = sample.load(str(run / "student" / name), torch.device("cpu"))
         assert model.g_embed is not None and config["dit"]["guidance_embed"]
-        assert config["distill"]["teacher"] and config["dit"]["sample_steps"] == steps
-    assert config["distill"]["sample_steps"] == 2 and config["dit"]["sample_shift"] == 1.0
+        assert config["distill"]["teacher"] and config["distill"]["sample_steps"] == steps
+    assert config["dit"]["sample_shift"] == 1.0
 
 
 def test_distilled_sampling_is_one_pass_a_step(run, monkeypatch):
     """The teacher's guided step is one pass over [cond; uncond], twice the batch; the student's is the batch alone,
-    and sample.py gives the reflowed student its own 2 steps by default."""
+    and sample.py gives each distilled checkpoint its own steps by default: 50 after stage 1, 2 after reflow."""
     passes, steps, generate = {}, [], sample.generate
     monkeypatch.setattr(sample, "generate", lambda *a, **k: steps.append(a[7]) or generate(*a, **k))
-    for name, ckpt in (("teacher", run / "teacher" / "dit.pt"), ("student", run / "student" / "dit.pt")):
+    for name, ckpt in (("teacher", run / "teacher" / "dit.pt"), ("guided", run / "student" / "guidance.pt"),
+                       ("student", run / "student" / "dit.pt")):
         model, objective, vae, tokenizer, config, shape = sample.load(str(ckpt), torch.device("cpu"))
         passes[name] = forward_batches(model)
         videos = generate(model, objective, vae, tokenizer, ["digit 1 is moving up and down"] * 3, shape,
@@ -68,8 +69,8 @@ def test_distilled_sampling_is_one_pass_a_step(run, monkeypatch):
         assert torch.isfinite(videos).all()
         args = sample.parser().parse_args(["--ckpt", str(ckpt), "--prompt", "digit 1 is moving up and down"])
         sample.sampler(args)[0](["digit 1 is moving up and down"], seed=0)
-    assert passes["teacher"][:4] == [6] * 4 and passes["student"][:4] == [3] * 4
-    assert steps == [50, 2]
+    assert passes["teacher"][:4] == [6] * 4 and passes["guided"][:4] == passes["student"][:4] == [3] * 4
+    assert steps == [50, 50, 2]
 
 
 def test_bad_teachers_are_one_line_errors(run, tmp_path):
