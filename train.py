@@ -171,8 +171,7 @@ def train_vae(cfg, rank, world, device, resume, deadline=None):
         if opt_d is not None:
             opt_d.load_state_dict(ckpt["optimizer_d"])
             scaler_d.load_state_dict(ckpt["scaler_d"])
-        start = ckpt["step"]
-        resume_rng(ckpt, rank, world)
+        start = resume_rng(ckpt, rank, world)
     else:
         torch.manual_seed(cfg.seed + rank)
     model = parallel.data_parallel(vae) if world > 1 else vae
@@ -371,8 +370,7 @@ def train_dit(cfg, rank, world, device, resume, deadline=None):
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        start = ckpt["step"]
-        resume_rng(ckpt, rank, world)
+        start = resume_rng(ckpt, rank, world)
     else:
         torch.manual_seed(cfg.seed + sp_rank)
     # only the training step is compiled (previews call the EMA copy eagerly, so no batch size recompiles it);

@@ -39,15 +39,13 @@ from collections import namedtuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as `python data/captioner.py`: the repository root holds the `data` package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import judge  # noqa: E402
-from data.checkpoint import save_checkpoint  # noqa: E402
-from data.config import ArgumentParser, native_bf16  # noqa: E402
+from data.checkpoint import save_atomic  # noqa: E402
+from data.config import ArgumentParser  # noqa: E402
 from data.moving_mnist import AXES, MovingMNIST, caption, save_gif  # noqa: E402
-from data.schedule import lr_at  # noqa: E402
 from data.video_folder import read_gif  # noqa: E402
 
 Fact = namedtuple("Fact", "label axis")  # one digit of a caption; moving_mnist.caption() writes a list of them
@@ -118,17 +116,8 @@ def train_captioner(steps=1000, frames_per_step=86, lr=3e-3, seed=0, log=print):
     whatever else shares its frame included. Seeds torch's global RNG."""
     ds = MovingMNIST("train", num_frames=1, length=steps * frames_per_step, seed=seed + 1)
     centroid = ink_centroids(ds.digits)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = judge.DigitCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the judge: small ops gain little from threads, and the result is the same anywhere
-    bf16 = native_bf16(torch.device("cpu"))  # emulated bf16 is far slower than fp32
-    losses = []
-    for step in range(steps):
-        for group in opt.param_groups:  # cosine from the first step, to a tenth
-            group["lr"] = lr_at(step, lr, 0, steps)
+
+    def batch(step, g):
         frames, centres, labels = [], [], []
         for f in range(step * frames_per_step, (step + 1) * frames_per_step):
             sprites = ds.recipe(f)
@@ -138,17 +127,8 @@ def train_captioner(steps=1000, frames_per_step=86, lr=3e-3, seed=0, log=print):
                 centres.append(torch.tensor([s.row[0], s.col[0]]).float() + centroid[s.image])
                 labels.append(s.label)
         shift = torch.randint(-JITTER, JITTER + 1, (len(labels), 2), generator=g)
-        x = judge.crop(torch.stack(frames), torch.stack(centres), shift)              # (B, 1, 28, 28)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x)[0].float(), torch.tensor(labels))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if log and (step + 1) % 200 == 0:
-            log(f"captioner step {step + 1}/{steps}: loss {sum(losses[-200:]) / len(losses[-200:]):.3f}")
-    torch.set_num_threads(threads)
-    return model.eval(), losses
+        return judge.crop(torch.stack(frames), torch.stack(centres), shift), torch.tensor(labels)  # (B, 1, 28, 28)
+    return judge.fit_reader(batch, steps, lr, seed, "captioner", log, every=200)
 
 
 def validate(model, n=1000, frames=9, seed=0, threshold=THRESHOLD):
@@ -169,29 +149,19 @@ def load_captioner(path="runs/bench/captioner.pt", retrain=False, steps=1000, se
     """The captioner from its cache, trained (and cached) first if the file is missing, unreadable or for other
     settings. Returns (model, info) with info = dict(train_s, steps, seed, path)."""
     config = dict(steps=steps, seed=seed, width=16, features=64, jitter=JITTER, version=1)
+
+    def fit():
+        start = time.perf_counter()
+        model, _ = train_captioner(steps=steps, seed=seed, log=log)
+        return model, dict(train_s=round(time.perf_counter() - start, 1), steps=steps, seed=seed)
     model = judge.DigitCNN(config["width"], config["features"])
-    if not retrain and os.path.isfile(path):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if ckpt["config"] == config:
-                model.load_state_dict(ckpt["model"])
-                return model.eval(), dict(ckpt["info"], path=path)
-            log(f"{path} holds a captioner trained with other settings: retraining")
-        except Exception as e:  # truncated, corrupt, or not our file: all the same, train afresh
-            log(f"{path} is unreadable ({type(e).__name__}: {e}): retraining")
-    start = time.perf_counter()
-    model, _ = train_captioner(steps=steps, seed=seed, log=log)
-    info = dict(train_s=round(time.perf_counter() - start, 1), steps=steps, seed=seed)
-    save_checkpoint(path, dict(config=config, model=model.state_dict(), info=info))
-    return model, dict(info, path=path)
+    return judge.load_or_train(path, config, model, fit, "captioner", retrain, log)
 
 
 # ----------------------------------------------------------------------------- folders
 def write_text(path, text):
     """A caption file written whole or not at all: a half-written caption would train as a real one."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    os.replace(path + ".tmp", path)
+    save_atomic(path, lambda f: f.write((text + "\n").encode("utf-8")))
 
 
 def caption_folder(root, model, threshold=THRESHOLD, recaption=False, chunk=64, log=print):

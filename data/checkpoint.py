@@ -68,7 +68,8 @@ def set_rng_state(state):
 
 
 def resume_rng(ckpt, rank, world):
-    """Every rank's RNG as the checkpoint saved it (all ranks' states: parallel.gather_objects(rng_state()))."""
+    """Every rank's RNG as the checkpoint saved it (all ranks' states: parallel.gather_objects(rng_state()));
+    returns the step to resume at."""
     states = ckpt["rng"]
     if len(states) == world:
         set_rng_state(states[rank])
@@ -76,6 +77,7 @@ def resume_rng(ckpt, rank, world):
         print(f"[rank {rank}] checkpoint was written by {len(states)} rank(s), this run has {world}: "
               "resuming with fresh random noise", file=sys.stderr)
         torch.manual_seed(ckpt["step"] * 1000 + rank)
+    return ckpt["step"]
 
 
 def fingerprint(state_dict):

@@ -180,37 +180,47 @@ def judge_batch(digits, labels, generator, degrade=True):
     return crop(frames, centre, shift), torch.tensor(labels).long()
 
 
-def train_judge(steps=400, batch_size=128, lr=3e-3, seed=0, log=print):
-    """Train DigitCNN on MNIST digits 0-7999; returns (model, losses). Seeds torch's global RNG (init, dropout)."""
-    digits, labels = load_mnist()
-    digits, labels = digits[:TRAIN_DIGITS], labels[:TRAIN_DIGITS]
+def fit_reader(batch, steps, lr, seed, name, log=print, every=100):
+    """A DigitCNN trained for `steps` AdamW steps on batch(step, g) -> (crops (B, 1, 28, 28), labels (B,)), the
+    learning rate cosine from the first step to a tenth; returns (model in eval mode, losses). Seeds torch's
+    global RNG (init, dropout) and g, the generator batch draws from."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = DigitCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     losses = []
     # one thread: ops this small gain little from more, threads fight on a busy machine,
-    # and the judge comes out the same whatever the core count
+    # and the model comes out the same whatever the core count
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     # bf16 autocast is about twice as fast on a CPU with AVX512-BF16 or AMX, and far slower where it is emulated
-    # (minutes instead of seconds): fp32 there, so the judges of the two kinds of CPU differ in rounding
+    # (minutes instead of seconds): fp32 there, so the models of the two kinds of CPU differ in rounding
     bf16 = native_bf16(torch.device("cpu"))
     for step in range(steps):
-        for group in opt.param_groups:  # cosine decay from the first step, to a tenth
+        for group in opt.param_groups:
             group["lr"] = lr_at(step, lr, 0, steps)
-        idx = torch.randint(0, len(digits), (batch_size,), generator=g).numpy()
-        x, y = judge_batch(digits[idx], labels[idx], g)
+        x, y = batch(step, g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # weights stay fp32
-            loss = F.cross_entropy(model(x)[0], y)
+            loss = F.cross_entropy(model(x)[0].float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        if log and (step + 1) % 100 == 0:
-            log(f"judge step {step + 1}/{steps}: loss {sum(losses[-100:]) / len(losses[-100:]):.3f}")
+        if log and (step + 1) % every == 0:
+            log(f"{name} step {step + 1}/{steps}: loss {sum(losses[-every:]) / every:.3f}")
     torch.set_num_threads(threads)
     return model.eval(), losses
+
+
+def train_judge(steps=400, batch_size=128, lr=3e-3, seed=0, log=print):
+    """Train DigitCNN on MNIST digits 0-7999; returns (model, losses). Seeds torch's global RNG (init, dropout)."""
+    digits, labels = load_mnist()
+    digits, labels = digits[:TRAIN_DIGITS], labels[:TRAIN_DIGITS]
+
+    def batch(step, g):
+        idx = torch.randint(0, len(digits), (batch_size,), generator=g).numpy()
+        return judge_batch(digits[idx], labels[idx], g)
+    return fit_reader(batch, steps, lr, seed, "judge", log)
 
 
 @torch.no_grad()
@@ -221,28 +231,37 @@ def judge_accuracy(model, degrade, seed=1):
     return (model(x)[0].argmax(1) == y).float().mean().item()
 
 
-def load_judge(path="runs/bench/judge.pt", retrain=False, steps=400, seed=0, log=print):
-    """The judge from its cache, trained (and cached) first if the file is missing, unreadable or for other settings.
-
-    Returns (model, info) with info = dict(val_acc, val_acc_degraded, train_s, steps, seed, path).
-    """
-    config = dict(steps=steps, seed=seed, width=16, features=64, version=2)
-    model = DigitCNN(config["width"], config["features"])
+def load_or_train(path, config, model, fit, name, retrain=False, log=print):
+    """model with the weights cached at path when they were trained with these settings (config); else
+    fit() -> (model, info), cached atomically first. Returns (model in eval mode, info with its path)."""
     if not retrain and os.path.isfile(path):
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             if ckpt["config"] == config:
                 model.load_state_dict(ckpt["model"])
                 return model.eval(), dict(ckpt["info"], path=path)
-            log(f"{path} holds a judge trained with other settings: retraining")
+            log(f"{path} holds a {name} trained with other settings: retraining")
         except Exception as e:  # truncated, corrupt, or not our file: all the same, train afresh
             log(f"{path} is unreadable ({type(e).__name__}: {e}): retraining")
-    start = time.perf_counter()
-    model, _ = train_judge(steps=steps, seed=seed, log=log)
-    info = dict(train_s=round(time.perf_counter() - start, 1), steps=steps, seed=seed,
-                val_acc=judge_accuracy(model, degrade=False), val_acc_degraded=judge_accuracy(model, degrade=True))
+    model, info = fit()
     save_checkpoint(path, dict(config=config, model=model.state_dict(), info=info))
-    return model, dict(info, path=path)
+    return model.eval(), dict(info, path=path)
+
+
+def load_judge(path="runs/bench/judge.pt", retrain=False, steps=400, seed=0, log=print):
+    """The judge from its cache, trained (and cached) first if the file is missing, unreadable or for other settings.
+
+    Returns (model, info) with info = dict(val_acc, val_acc_degraded, train_s, steps, seed, path).
+    """
+    config = dict(steps=steps, seed=seed, width=16, features=64, version=2)
+
+    def fit():
+        start = time.perf_counter()
+        model, _ = train_judge(steps=steps, seed=seed, log=log)
+        return model, dict(train_s=round(time.perf_counter() - start, 1), steps=steps, seed=seed,
+                           val_acc=judge_accuracy(model, degrade=False),
+                           val_acc_degraded=judge_accuracy(model, degrade=True))
+    return load_or_train(path, config, DigitCNN(config["width"], config["features"]), fit, "judge", retrain, log)
 
 
 def trajectory(centre, visible):
