@@ -52,7 +52,8 @@ def test_both_stages_learn_and_write_checkpoints_sample_py_reads(run):
         model, _, _, _, config, _ = sample.load(str(run / "student" / name), torch.device("cpu"))
         assert model.g_embed is not None and config["dit"]["guidance_embed"]
         assert config["distill"]["teacher"] and config["distill"]["sample_steps"] == steps
-    assert config["dit"]["sample_shift"] == 1.0
+    teacher = sample.load(str(run / "teacher" / "dit.pt"), torch.device("cpu"))[4]["dit"]
+    assert config["dit"]["sample_shift"] == (teacher["sample_shift"] or teacher["flow_shift"])  # its shifted grid
 
 
 def test_distilled_sampling_is_one_pass_a_step(run, monkeypatch):
