@@ -23,6 +23,7 @@ train.py uses all four (--dit.fsdp, --dit.sequence_parallel, --vae.context_paral
     torchrun --standalone --nproc_per_node=2 06_parallel.py   # each mode against one process: gap and memory
 """
 import contextlib
+import gc
 import importlib
 import inspect
 import itertools
@@ -334,4 +335,8 @@ if __name__ == "__main__":
         mine = peak_mib(lambda: vae.decode(vae.encode(piece, cache=cp).mode(), cache=cp), torch.device("cpu"))
         report("4. context-parallel VAE, a 65-frame video", (z - vae.encode(video).mode()).abs().max().item(),
                f"{piece.shape[2]} frames, encode + decode {mine:.0f} MiB (one process: {whole:.0f} MiB)")
+    # DDP's hooks, FSDP's mesh and Ulysses hold the gloo group: a group first freed while the interpreter shuts
+    # down can abort the process (1 exit in 4 here), so free them, and their reference cycles, while it runs
+    del replica, sharded, split
+    gc.collect()
     dist.destroy_process_group()

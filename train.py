@@ -16,6 +16,7 @@ for sampling, checkpoints that resume bit-exactly; every option and its check: d
 """
 import copy
 import dataclasses
+import gc
 import importlib
 import json
 import math
@@ -490,6 +491,7 @@ def main(argv=None):
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         if owned and dist.is_initialized():
+            gc.collect()  # DDP and FSDP hold the group: freed at interpreter exit, gloo can abort the process
             dist.destroy_process_group()
 
 
