@@ -71,7 +71,8 @@ def main(out_dir):
             video_piece, latent_piece = cp.split(x, vae.time_compression), cp.split(z, 1)
             mean = vae.encode(video_piece, cache=cp).mean
             decoded = vae.decode(latent_piece, cache=cp)
-            result[name] = dict(frames=video_piece.shape[2], latents=mean.shape[2], decode_latents=latent_piece.shape[2],
+            result[name] = dict(frames=video_piece.shape[2], latents=mean.shape[2],
+                                decode_latents=latent_piece.shape[2],
                                 mean=cp.gather(mean), decoded=cp.gather(decoded))
 
     for name in DITS:

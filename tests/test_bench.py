@@ -25,7 +25,8 @@ def render(ds, image, axis, frames, start=10, fixed=20, velocity=3):
     row, col = (moving, still) if axis == 0 else (still, moving)
     video = -torch.ones(1, frames, ds.size, ds.size)
     for t in range(frames):
-        video[0, t, row[t]:row[t] + DIGIT, col[t]:col[t] + DIGIT] = torch.from_numpy(ds.digits[image].astype(np.float32)) / 127.5 - 1
+        video[0, t, row[t]:row[t] + DIGIT, col[t]:col[t] + DIGIT] = (
+            torch.from_numpy(ds.digits[image].astype(np.float32)) / 127.5 - 1)
     return video
 
 
@@ -50,8 +51,8 @@ def test_axis_is_exact_on_real_videos(val):
     axis, motion = judge_lib.trajectory(centre, visible)
     assert visible.all()
     assert axis.tolist() == [val.recipe(i)[0].axis for i in range(n)]
-    # the track is the recipe's path plus a fixed offset (the digit's own centroid)
-    paths = torch.tensor(np.array([[val.recipe(i)[0].row, val.recipe(i)[0].col] for i in range(n)])).float()  # (n, 2, T)
+    # the track is the recipe's path (n, 2, T) plus a fixed offset (the digit's own centroid)
+    paths = torch.tensor(np.array([[val.recipe(i)[0].row, val.recipe(i)[0].col] for i in range(n)])).float()
     offset = centre - paths.transpose(1, 2)
     assert (offset.amax(1) - offset.amin(1)).max() < 1e-3
 
@@ -99,7 +100,8 @@ def test_judge_scores_a_handmade_set(val, images):
     assert seen["axis"].tolist() == [judge_lib.NONE, judge_lib.NONE, 1, 1, 0, 1]
     assert torch.allclose(seen["consistency"], torch.tensor([0, 1, 1, 1, 0, 9 / 17]))
     m = judge_lib.judge(bad, prompts[:6], model, reference=judge_lib.read_videos(model, good)["features"])
-    assert m["digit"] == pytest.approx(3 / 6) and m["axis"] == pytest.approx(3 / 6) and m["both"] == pytest.approx(1 / 6)
+    assert (m["digit"] == pytest.approx(3 / 6) and m["axis"] == pytest.approx(3 / 6)
+            and m["both"] == pytest.approx(1 / 6))
     assert m["fd"] > 1.0
 
 
@@ -110,7 +112,8 @@ def test_any_frame_count_and_quality_rows(val, images):
 
     def generate(prompts, seed):  # a two-digit prompt gets its first digit alone
         rng = np.random.default_rng(seed)
-        first = [judge_lib.parse_two(p)[0] if p in judge_lib.TWO_PROMPTS else judge_lib.parse_prompt(p) for p in prompts]
+        first = [judge_lib.parse_two(p)[0] if p in judge_lib.TWO_PROMPTS else judge_lib.parse_prompt(p)
+                 for p in prompts]
         return torch.stack([render(val, images[d], a, 9, start=int(rng.integers(0, 30))) for d, a in first])
 
     rows = bench.quality(generate, n_per_prompt=2, model=model, reconstruct_fn=lambda x: x, log=None)
@@ -144,7 +147,8 @@ def test_judge_cnn_learns_and_caches(tmp_path, monkeypatch):
     logits, features = model(torch.rand(5, 1, DIGIT, DIGIT))
     assert logits.shape == (5, 10) and features.shape == (5, 64)
 
-    monkeypatch.setattr(judge_lib, "judge_accuracy", lambda model, degrade: 0.5)  # the full validation set takes seconds
+    # the full validation set takes seconds
+    monkeypatch.setattr(judge_lib, "judge_accuracy", lambda model, degrade: 0.5)
     path = tmp_path / "judge.pt"
     path.write_bytes(b"not a checkpoint")
     said = []
@@ -172,13 +176,15 @@ def test_bad_input_names_the_problem():
 def test_command_line_prints_the_table_and_writes_json(val, images, tmp_path, monkeypatch, capsys):
     import json
     info = dict(train_s=0.0, steps=0, seed=0, val_acc=1.0, val_acc_degraded=1.0)
-    monkeypatch.setattr(bench, "load_judge", lambda path, retrain=False: (Templates(val, images), dict(info, path=path)))
+    monkeypatch.setattr(bench, "load_judge",
+                        lambda path, retrain=False: (Templates(val, images), dict(info, path=path)))
     bench.main(["quality", "--n", "1", "--frames", "5", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "real val (judge ceiling)" in out and "left and right" in out
     report = json.loads((tmp_path / "quality.json").read_text())
     assert report["command"] == f"python bench.py quality --n 1 --frames 5 --out {tmp_path}"
-    assert report["rows"]["real"]["n"] == 20 and report["rows"]["real"]["frames"] == 5 and report["rows"]["real"]["axis"] == 1.0
+    assert (report["rows"]["real"]["n"] == 20 and report["rows"]["real"]["frames"] == 5
+            and report["rows"]["real"]["axis"] == 1.0)
     with pytest.raises(SystemExit):
         bench.main(["quality", "--frames", "1"])
 
@@ -321,7 +327,8 @@ def test_quality_scores_image_to_video_and_the_tail_of_longer_videos(val, images
     run = tmp_path / "run"
     train.main(["--config", str(tmp_path / "toy.yaml"), f"--out_dir={run}", "--dit.i2v=true"])
     info = dict(train_s=0.0, steps=0, seed=0, val_acc=1.0, val_acc_degraded=1.0)
-    monkeypatch.setattr(bench, "load_judge", lambda path, retrain=False: (Templates(val, images), dict(info, path=path)))
+    monkeypatch.setattr(bench, "load_judge",
+                        lambda path, retrain=False: (Templates(val, images), dict(info, path=path)))
     bench.main(["quality", "--ckpt", str(run / "dit.pt"), "--n", "1", "--steps", "2", "--i2v", "--length", "9",
                 "--tail", "4", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "quality.json").read_text())["rows"]

@@ -6,7 +6,8 @@ import torch
 
 from data.moving_mnist import MovingMNIST, bounce, load_mnist, read_idx
 
-GRAMMAR = re.compile(r"^digit \d is moving (up and down|left and right)( and digit \d is moving (up and down|left and right))?$")
+GRAMMAR = re.compile(r"^digit \d is moving (up and down|left and right)"
+                     r"( and digit \d is moving (up and down|left and right))?$")
 
 
 @pytest.fixture(scope="module")

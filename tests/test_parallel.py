@@ -115,7 +115,8 @@ def assert_same(a, b, exact=False):
 def test_fsdp_step_equals_ddp_step(modes):
     ckpts, _ = modes
     assert ckpts["fsdp"]["step"] == ckpts["ddp"]["step"] == 4
-    assert ckpts["fsdp"]["model"].keys() == ckpts["ddp"]["model"].keys()  # whole weights, plain names: sample.py loads it
+    # whole weights, plain names: sample.py loads it
+    assert ckpts["fsdp"]["model"].keys() == ckpts["ddp"]["model"].keys()
     assert_same(ckpts["ddp"]["model"], ckpts["fsdp"]["model"])
     assert_same(ckpts["ddp"]["ema"], ckpts["fsdp"]["ema"])
 

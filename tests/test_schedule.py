@@ -78,7 +78,8 @@ def test_step_buckets_split_a_token_budget():
 
 def test_resolve_phases_fills_the_defaults():
     cfg, _ = parse_args(["--dit.images=0.2", "--dit.steps=9",
-                         "--dit.phases=[{steps: 2}, {steps: 3, frames: [9, 5], size: 32, batch_size: 16, images: 0.0}]"])
+                         ("--dit.phases=[{steps: 2}, "
+                          "{steps: 3, frames: [9, 5], size: 32, batch_size: 16, images: 0.0}]")])
     first, second = schedule.resolve_phases(cfg)
     assert first == dict(steps=2, frames=[cfg.data.frames], size=cfg.data.size, batch_size=cfg.dit.batch_size,
                          images=0.2)

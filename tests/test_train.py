@@ -248,7 +248,8 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
 def test_an_overlong_prompt_is_a_one_line_error():
     """The shipped weights' text encoder takes 16 tokens; a caption repeated twenty times is refused before any work."""
     shipped = os.path.join(ROOT, "data", "pretrained", "tiny.pt")
-    with pytest.raises(SystemExit, match=r"^error: prompt 'digit 3 is moving .*\.\.\.' is \d+ tokens, more than the 16"):
+    with pytest.raises(SystemExit,
+                       match=r"^error: prompt 'digit 3 is moving .*\.\.\.' is \d+ tokens, more than the 16"):
         sample.main(["--ckpt", shipped, "--prompt", " ".join(["digit 3 is moving up and down"] * 20)])
 
 

@@ -27,7 +27,8 @@ def video(frames=9, batch=1, size=8):
 # ----------------------------------------------------------------------------- the defaults are today's model
 
 def key_digest(model):
-    return hashlib.sha256("\n".join(f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()).encode()).hexdigest()
+    return hashlib.sha256(
+        "\n".join(f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()).encode()).hexdigest()
 
 
 # state_dict keys and shapes of CausalVAE() and of test_vae.py's TINY, from 01_vae.py before the options (3a14870)
@@ -62,7 +63,8 @@ def test_the_options_keep_the_weights_names():
 
 
 def test_bad_options_are_rejected_with_a_message():
-    for option, message in ((dict(time_compress_at="middle"), "time_compress_at must be one of last, first, got 'middle'"),
+    for option, message in ((dict(time_compress_at="middle"),
+                             "time_compress_at must be one of last, first, got 'middle'"),
                             (dict(norm="batch"), "norm must be one of frame, clip"),
                             (dict(bottleneck="vq"), "bottleneck must be one of kl, fsq"),
                             (dict(bottleneck="fsq", fsq_levels=[5, 5]), r"one per latent channel \(4\), got \[5, 5\]"),
@@ -132,7 +134,8 @@ def test_frame_norm_is_causal_and_clip_norm_leaks_the_future(at):
 # ----------------------------------------------------------------------------- chunked encode/decode
 
 @torch.no_grad()
-@pytest.mark.parametrize("at,norm,bottleneck", list(itertools.product(["last", "first"], ["frame", "clip"], ["kl", "fsq"])))
+@pytest.mark.parametrize("at,norm,bottleneck",
+                         list(itertools.product(["last", "first"], ["frame", "clip"], ["kl", "fsq"])))
 def test_chunked_equals_single_pass_where_the_design_allows(at, norm, bottleneck):
     vae, x = make(time_compress_at=at, norm=norm, bottleneck=bottleneck), video()
     z = vae.encode(x).mode()

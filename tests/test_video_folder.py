@@ -70,7 +70,8 @@ def write_frames(path, frames):
 def write_zoo(folder):
     """One clip of each kind; returns {reason: [gif names]} as scan_folder should drop them
     with min_motion=0.005, min_content=0.05, dedupe, min_caption_words=3, caption_regex="^digit",
-    allow_upscale=False, pad_short=False, num_frames=9, size=64 (names sort so the duplicate comes after its original)."""
+    allow_upscale=False, pad_short=False, num_frames=9, size=64 (names sort so the duplicate comes
+    after its original)."""
     ds = write_clips(folder, n=3)  # clip0..clip2: the good ones
     frame = ((ds[0][0][0, 0] + 1) * 127.5).round().byte().numpy()
     static = np.repeat(frame[None], 9, axis=0)
@@ -142,9 +143,12 @@ def test_scan_cache_skips_unchanged_files(tmp_path, monkeypatch):
     before = sorted(os.listdir(root))
     calls = []
     real = vf.read_gif
-    monkeypatch.setattr(vf, "read_gif", lambda path, *a, **k: calls.append(os.path.basename(path)) or real(path, *a, **k))
+    monkeypatch.setattr(vf, "read_gif",
+                        lambda path, *a, **k: calls.append(os.path.basename(path)) or real(path, *a, **k))
     cache = str(out / "scan.json")
-    scan = lambda **k: scan_folder(str(root), 9, 64, 1, pad_short=False, cache=cache, progress=False, **k)
+
+    def scan(**k):
+        return scan_folder(str(root), 9, 64, 1, pad_short=False, cache=cache, progress=False, **k)
 
     first = scan(**FILTERS)
     assert len(calls) == len([f for f in before if f.endswith(".gif")])  # each gif decoded once
@@ -331,7 +335,10 @@ def test_scan_cache_skips_unchanged_images(tmp_path, monkeypatch):
         real = getattr(vf, name)
         monkeypatch.setattr(vf, name, lambda path, *a, real=real, **k: calls.append(os.path.basename(path))
                             or real(path, *a, **k))
-    scan = lambda: scan_folder(str(root), 9, 64, 1, min_content=0.05, cache=cache, progress=False)
+
+    def scan():
+        return scan_folder(str(root), 9, 64, 1, min_content=0.05, cache=cache, progress=False)
+
     first = scan()
     assert sorted(calls) == ["a.png", "b.jpg", "broken.png", "clip0.gif"]
     calls.clear()
